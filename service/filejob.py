@@ -1,0 +1,450 @@
+"""The predict-file job: stream an input file through a model into an NDJSON result file.
+
+Behind ``python -m service predict-file``. Results are written in input order, error
+records in their place, to ``.<name>.partial`` beside the output; only a finished job is
+fsynced and renamed to the final name, so a crash or a model error never leaves a truncated
+file there. ``--resume`` continues an interrupted job from its partial file.
+:func:`format_record` is the NDJSON line shared with the HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, TextIO
+
+import orjson
+
+from service.readers import (
+    DEFAULT_MAX_LINE_BYTES,
+    FORMATS,
+    Format,
+    FormatError,
+    Validator,
+    check_format,
+    open_records,
+)
+from service.repository import DEFAULT_REPOSITORY, InputSpec, ModelError, ModelRepository, ModelSpec
+from service.session import GRAD_MODES, InferenceSession
+
+EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
+DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
+_SCAN_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What one run of the job did (a resumed run counts only the records it added)."""
+
+    records: int  # records written by this run, error records included
+    errors: int  # of which error records
+    bytes: int  # input bytes consumed by this run (a resumed run also re-reads the skipped part)
+    output: Path  # the final result file
+    resumed_after: int = 0  # the last input line already in the partial file (0: fresh start)
+
+
+def format_record(
+    line: int, id: str | int | None, output: Any | None = None, error: str | None = None
+) -> bytes:
+    """One NDJSON result line, newline included.
+
+    ``{"line": n, "id": ..., "output": [...]}`` or ``{"line": n, "id": ..., "error": "..."}``;
+    ``"id"`` is left out when None, ``"output"`` when there is an error.
+    """
+    result: dict[str, Any] = {"line": line}
+    if id is not None:
+        result["id"] = id
+    if error is not None:
+        result["error"] = error
+    else:
+        result["output"] = output
+    return orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def partial_path(output_path: Path) -> Path:
+    """Where a job writes before its output is complete: ``.<name>.partial`` beside it."""
+    return output_path.with_name("." + output_path.name + ".partial")
+
+
+def input_validator(inputs: InputSpec) -> Validator:
+    """A check for one input value against a model's declaration: an error string, or None."""
+    if inputs.kind == "text":
+        max_length = inputs.max_length
+
+        def check_text(value: Any) -> str | None:
+            if not isinstance(value, str):
+                return f"the input must be a string, got {_kind(value)}"
+            if len(value) > max_length:
+                return f"the input has {len(value)} characters; the model accepts at most {max_length}"
+            return None
+
+        return check_text
+
+    dim = inputs.dim
+
+    def check_vector(value: Any) -> str | None:
+        if not isinstance(value, list):
+            return f"the input must be a list of {dim} numbers, got {_kind(value)}"
+        if len(value) != dim:
+            return f"the input has {len(value)} numbers; the model expects {dim}"
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+                return f"the input must hold only finite numbers, got {_kind(item)} {item!r:.40}"
+        return None
+
+    return check_vector
+
+
+def run_predict_file(
+    session: InferenceSession,
+    spec: ModelSpec,
+    input_path: Path,
+    output_path: Path,
+    fmt: Format,
+    batch_size: int,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    input_key: str = "input",
+    id_key: str = "id",
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> JobResult:
+    """Predict on every record of ``input_path`` and write one NDJSON line per record.
+
+    Valid records of each batch go through ``session.run`` together; invalid ones become
+    error lines in their place. The output appears under ``output_path`` only when the whole
+    file is done (fsync, then an atomic rename of the partial file). With ``resume``, an
+    existing partial file is cut back to its last complete line and the job goes on after the
+    input line recorded there; without it, a partial file is started afresh. Raises
+    :class:`FormatError` before writing anything if the input is not ``fmt``; an exception
+    from the model stops the job and leaves the partial file for ``resume``.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    partial = partial_path(output_path)
+    validate = input_validator(spec.inputs)
+    # csv cells and txt lines are strings: vector models read them as JSON arrays
+    json_values = spec.inputs.kind == "vector" and fmt != "jsonl"
+    records = errors = 0
+    # cutting a partial back to its last whole line loses nothing, so it may precede the format check
+    skip = _recover_partial(partial) if resume and partial.exists() else 0
+    with open_records(
+        input_path,
+        fmt,
+        batch_size=batch_size,
+        input_key=input_key,
+        id_key=id_key,
+        max_line_bytes=max_line_bytes,
+        skip_lines=skip,
+        validate=validate,
+        json_values=json_values,
+    ) as batches:
+        # FormatError has been raised by now, so a bad input never overwrites a partial file
+        with (
+            open(partial, "ab" if skip else "wb") as out,
+            _Progress(batches.total_bytes, enabled=progress, interval=progress_interval) as meter,
+        ):
+            for batch in batches:
+                good = [record for record in batch if record.error is None]
+                outputs = iter(session.run([record.value for record in good]) if good else [])
+                lines = []
+                for record in batch:
+                    if record.error is None:
+                        lines.append(format_record(record.line, record.id, output=next(outputs)))
+                    else:
+                        lines.append(format_record(record.line, record.id, error=record.error))
+                        errors += 1
+                out.write(b"".join(lines))
+                records += len(batch)
+                meter.update(batches.bytes_read, records)
+            out.flush()
+            os.fsync(out.fileno())
+        consumed = batches.bytes_read
+    os.replace(partial, output_path)
+    _fsync_folder(output_path.parent)
+    return JobResult(records, errors, consumed, output_path, skip)
+
+
+def _recover_partial(partial: Path) -> int:
+    """Cut ``partial`` back to its last complete, parseable line; return that line's input line.
+
+    A crash can leave half a line at the end (or, with a lost page, garbage): such lines are
+    dropped from the end until a whole result line is found. Returns 0 if none is.
+    """
+    with open(partial, "r+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        done = 0
+        while end > 0:
+            newline = _rfind_newline(handle, end)
+            if newline < 0:
+                end = 0
+                break
+            start = _rfind_newline(handle, newline) + 1
+            handle.seek(start)
+            done = _result_line_number(handle.read(newline - start))
+            if done > 0:
+                end = newline + 1
+                break
+            end = start  # not a result line: drop it too
+        handle.truncate(end)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return done
+
+
+def _rfind_newline(handle: BinaryIO, before: int) -> int:
+    """The offset of the last ``\\n`` in ``[0, before)``, or -1; read backwards in chunks."""
+    position = before
+    while position > 0:
+        start = max(0, position - _SCAN_CHUNK)
+        handle.seek(start)
+        found = handle.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
+
+
+def _result_line_number(raw: bytes) -> int:
+    try:
+        result = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(result, dict) or not ("output" in result or "error" in result):
+        return 0
+    line = result.get("line")
+    return line if isinstance(line, int) and not isinstance(line, bool) and line > 0 else 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    # the rename itself is durable only once the folder's entry is on disk
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename has still happened
+    finally:
+        os.close(fd)
+
+
+class _Progress:
+    """A tqdm bar in bytes on a TTY; otherwise a plain line to stderr every ``interval`` seconds."""
+
+    def __init__(self, total: int, *, enabled: bool, interval: float, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.interval = interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.monotonic()
+        self.last_print = self.started
+        self.done = 0
+        self.records = 0
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled and self.stream.isatty():
+            from tqdm import tqdm  # only a terminal needs it
+
+            self._bar = tqdm(
+                total=self.total, unit="B", unit_scale=True, desc="predict-file", file=self.stream, leave=True
+            )
+        return self
+
+    def update(self, done: int, records: int) -> None:
+        previous, self.done, self.records = self.done, done, records
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(done - previous)
+            self._bar.set_postfix_str(f"{records:,} records, {self._rate():,.0f} rec/s", refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last_print >= self.interval:
+            self.last_print = now
+            print(self.line(), file=self.stream, flush=True)
+
+    def line(self) -> str:
+        """``predict-file: 12.3 MB / 1.0 GB (1.2%), 4,512 records, 183 rec/s, ETA 1:23:45``."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        speed = self.done / elapsed
+        eta = _clock((self.total - self.done) / speed) if speed > 0 else "?"
+        return (
+            f"predict-file: {_size(self.done)} / {_size(self.total)} ({percent:.1f}%), "
+            f"{self.records:,} records, {self._rate():,.0f} rec/s, ETA {eta}"
+        )
+
+    def _rate(self) -> float:
+        return self.records / max(time.monotonic() - self.started, 1e-9)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and exc is None:
+            print(self.line(), file=self.stream, flush=True)
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def add_predict_file_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``predict-file`` subcommand; its ``handler`` default is :func:`predict_file_command`."""
+    parser = subparsers.add_parser(
+        "predict-file",
+        help="run a model over a jsonl/csv/txt file, in process, writing NDJSON results",
+        description="Run MODEL over every record of INPUT and write one NDJSON result line per record.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a model name in the repository")
+    parser.add_argument(
+        "input", metavar="INPUT", type=Path, help="the input file (.jsonl, .ndjson, .csv, .txt)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="result file (default: INPUT_STEM.predictions.jsonl)"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="input format (default: from extension)"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="inputs per forward (default: the model's)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its partial file"
+    )
+    parser.add_argument(
+        "--input-key", default="input", help="jsonl key / csv column of the input (default: input)"
+    )
+    parser.add_argument("--id-key", default="id", help="jsonl key / csv column of the id (default: id)")
+    parser.add_argument("--repository", type=Path, default=None, help="model repository folder")
+    parser.add_argument("--grad-mode", choices=GRAD_MODES, default="no_grad", help="autograd off mode")
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="longer lines become error records (default: 1 MiB)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_PROGRESS_INTERVAL,
+        help="seconds between progress lines when stderr is not a terminal",
+    )
+    parser.set_defaults(handler=predict_file_command)
+
+
+def predict_file_command(args: argparse.Namespace) -> int:
+    """Run the job for parsed ``predict-file`` arguments and print a one-line summary.
+
+    Returns 0 when done; 2 for bad arguments, an unknown model or an input that is not its
+    format; 1 if the model cannot load or fails mid-file, 130 on Ctrl-C (a failed run keeps
+    its partial file for ``--resume``). Every problem is one line on stderr.
+    """
+
+    def fail(message: str, code: int = 2) -> int:
+        print(f"predict-file: {message}", file=sys.stderr)
+        return code
+
+    input_path: Path = args.input
+    fmt: Format | None = args.format or EXTENSIONS.get(input_path.suffix.lower())
+    if fmt is None:
+        return fail(f"cannot tell the format of {input_path} from its extension; pass --format jsonl|csv|txt")
+    if not input_path.is_file():
+        return fail(f"{input_path} is not a file")
+    output_path: Path = args.output or input_path.with_name(input_path.stem + ".predictions.jsonl")
+    if output_path.resolve() == input_path.resolve():
+        return fail("the output would overwrite the input; pass another -o")
+    try:
+        entry = ModelRepository(args.repository or DEFAULT_REPOSITORY).get(args.model)
+        # a bad file is reported before the (possibly slow) model load
+        check_format(
+            input_path, fmt, input_key=args.input_key, id_key=args.id_key, max_line_bytes=args.max_line_bytes
+        )
+    except (ModelError, FormatError, OSError) as exc:
+        return fail(str(exc))
+    try:
+        session = InferenceSession(entry.load("cpu"), args.grad_mode)
+    except ModelError as exc:
+        return fail(str(exc))
+    except Exception as exc:  # a broken model.py: say so in one line rather than a traceback
+        return fail(f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}", 1)
+    batch_size: int = args.batch_size or entry.spec.max_batch_size
+    started = time.monotonic()
+    try:
+        result = run_predict_file(
+            session,
+            entry.spec,
+            input_path,
+            output_path,
+            fmt,
+            batch_size,
+            resume=args.resume,
+            progress=True,
+            progress_interval=args.progress_interval,
+            input_key=args.input_key,
+            id_key=args.id_key,
+            max_line_bytes=args.max_line_bytes,
+        )
+    except FormatError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail(
+            f"interrupted; results so far are in {partial_path(output_path)}, rerun with --resume", 130
+        )
+    except Exception as exc:
+        partial = partial_path(output_path)
+        return fail(
+            f"stopped: {type(exc).__name__}: {exc}; results so far are in {partial}, rerun with --resume", 1
+        )
+    elapsed = time.monotonic() - started
+    resumed = f", resumed after line {result.resumed_after}" if result.resumed_after else ""
+    print(
+        f"predict-file: {result.records:,} records ({result.errors:,} errors){resumed} "
+        f"-> {result.output} in {elapsed:.1f} s ({result.records / max(elapsed, 1e-9):,.0f} rec/s)"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+__all__ = [
+    "EXTENSIONS",
+    "JobResult",
+    "add_predict_file_parser",
+    "format_record",
+    "input_validator",
+    "partial_path",
+    "predict_file_command",
+    "run_predict_file",
+]

@@ -1,0 +1,277 @@
+"""The HTTP API, served by LitServe's API-server processes.
+
+Requests are validated here, before they cross into a worker: a client mistake is answered
+with a 4xx from the API server and never reaches (or kills) an inference worker. Accepted
+requests go onto the model's LitServe request queue; the answer comes back through LitServe's
+response routing into this process's response buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing as mp
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Request
+from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from starlette.responses import Response
+
+from service import metrics
+from service.errors import ApiError, describe_validation, install_error_handlers, json_response
+from service.repository import ModelSpec
+from service.settings import Settings
+from service.worker import internal_path
+
+JSON_TYPES = ("application/json",)
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+def request_model_for(spec: ModelSpec) -> type[BaseModel]:
+    """The pydantic model of ``{"inputs": [...]}`` for one model's declared input limits."""
+    limits = spec.inputs
+    item: Any
+    if limits.kind == "text":
+        item = Annotated[StrictStr, Field(max_length=limits.max_length)]
+    else:
+        number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+        item = Annotated[list[number], Field(min_length=limits.dim, max_length=limits.dim)]  # type: ignore[valid-type]
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")
+        inputs: Annotated[list[item], Field(min_length=limits.min_items, max_length=limits.max_items)]  # type: ignore[valid-type]
+
+    return PredictRequest
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    outputs: list[Any]
+
+
+@dataclass
+class ModelRoute:
+    spec: ModelSpec
+    request_model: type[BaseModel]
+    workers: int
+    max_queue_size: int
+    max_batch_size: int
+    inflight: Any  # multiprocessing.Value shared by every API server process
+    device: str
+
+
+class ServiceState:
+    """What the API servers share: created in the launcher before LitServe forks them."""
+
+    def __init__(self, settings: Settings, routes: dict[str, ModelRoute]) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.shutting_down = mp.Value("b", 0)
+        self.server: Any = None  # the LitServer, set by build_server
+
+    def readiness(self) -> dict[str, bool]:
+        status = self.server.workers_setup_status if self.server is not None else None
+        snapshot: dict[str, str] = dict(status.items()) if status else {}
+        ready: dict[str, bool] = {}
+        for name, route in self.routes.items():
+            states = [snapshot.get(f"{name}_{index}") for index in range(route.workers)]
+            ready[name] = all(state == WorkerSetupStatus.READY for state in states)
+        return ready
+
+    def deadline_seconds(self, request: Request) -> float:
+        raw = request.headers.get(TIMEOUT_HEADER)
+        if raw is None:
+            return self.settings.request_timeout
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ApiError(400, f"{TIMEOUT_HEADER} must be a number of seconds, got {raw[:40]!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ApiError(400, f"{TIMEOUT_HEADER} must be a positive number of seconds")
+        return min(value, self.settings.max_request_timeout)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body parsed as JSON: 415 for another content type, 413 past ``limit`` bytes, 400 if malformed."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        shown = content_type or "none"
+        raise ApiError(415, f"content type must be application/json, got {shown}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+    if not body:
+        raise ApiError(400, 'request body is empty; expected a JSON object like {"inputs": [...]}')
+    try:
+        return orjson.loads(bytes(body))
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+
+
+def register_routes(app: FastAPI, state: ServiceState) -> None:
+    install_error_handlers(app)
+    settings = state.settings
+
+    def observe(model: str, endpoint: str, started: float, code: int) -> None:
+        label = model if model in state.routes else metrics.UNKNOWN_MODEL
+        metrics.REQUESTS.labels(label, endpoint, str(code)).inc()
+        metrics.REQUEST_DURATION.labels(label, endpoint).observe(time.perf_counter() - started)
+
+    def model_route(name: str) -> ModelRoute:
+        route = state.routes.get(name)
+        if route is None:
+            known = ", ".join(state.routes)
+            raise ApiError(404, f"model {name[:100]!r} is not served here (served: {known})")
+        return route
+
+    async def submit(
+        route: ModelRoute, request: Request, payload: dict[str, Any], arrived: float, timeout: float
+    ) -> Any:
+        name = route.spec.name
+        if state.shutting_down.value:
+            metrics.REJECTED.labels(name, "shutting_down").inc()
+            raise ApiError(503, "server is shutting down; retry on another replica", {"Retry-After": "1"})
+        with route.inflight.get_lock():
+            if route.inflight.value >= route.max_queue_size:
+                full = True
+            else:
+                full = False
+                route.inflight.value += 1
+        if full:
+            metrics.REJECTED.labels(name, "queue_full").inc()
+            raise ApiError(
+                503,
+                f"model {name!r} has {route.max_queue_size} requests queued; retry later",
+                {"Retry-After": "1"},
+            )
+        gauge = metrics.IN_FLIGHT.labels(name)
+        gauge.inc()
+        server = state.server
+        uid = uuid.uuid4().hex
+        item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
+        server.response_buffer[uid] = item
+        try:
+            queue = server._get_request_queue(internal_path(name))
+            queue.put((request.app.response_queue_id, uid, arrived, payload))
+            try:
+                await asyncio.wait_for(
+                    item.event.wait(), timeout=max(0.0, payload["deadline"] - time.monotonic())
+                )
+            except TimeoutError:
+                metrics.REJECTED.labels(name, "deadline").inc()
+                raise ApiError(504, f"no answer within the deadline of {timeout:g} s") from None
+            data, status = item.response_queue.popleft()
+            if status == LitAPIStatus.ERROR:
+                if isinstance(data, dict) and "status" in data:
+                    raise ApiError(int(data["status"]), str(data["error"]))
+                raise ApiError(503, "the inference worker failed while handling this request; retry")
+            return data
+        finally:
+            server.response_buffer.pop(uid, None)
+            gauge.dec()
+            with route.inflight.get_lock():
+                route.inflight.value -= 1
+
+    async def predict(request: Request, name: str) -> Response:
+        started, arrived = time.perf_counter(), time.monotonic()
+        code = 500
+        try:
+            route = model_route(name)
+            timeout = state.deadline_seconds(request)
+            data = await read_json(request, settings.max_body_bytes)
+            try:
+                parsed = route.request_model.model_validate(data)
+            except ValidationError as exc:
+                raise ApiError(422, describe_validation(exc)) from None
+            inputs = parsed.inputs  # type: ignore[attr-defined]
+            payload = {"op": "predict", "inputs": inputs, "arrived": arrived, "deadline": arrived + timeout}
+            outputs = await submit(route, request, payload, arrived, timeout)
+            code = 200
+            return json_response({"model": name, "version": route.spec.version, "outputs": outputs})
+        except ApiError as exc:
+            code = exc.status
+            return exc.response()
+        finally:
+            observe(name, metrics.PREDICT_ENDPOINT, started, code)
+
+    for name, route in state.routes.items():
+        schema = route.request_model.model_json_schema()
+        app.add_api_route(
+            f"/v1/models/{name}/predict",
+            _bind(predict, name),
+            methods=["POST"],
+            response_model=PredictResponse,
+            summary=f"Run {name} on a list of inputs",
+            tags=["predict"],
+            openapi_extra={
+                "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+            },
+        )
+
+    @app.post("/v1/models/{name}/predict", include_in_schema=False)
+    async def predict_unknown(request: Request, name: str) -> Response:
+        return await predict(request, name)
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models() -> Response:
+        return json_response({"models": [describe(route) for route in state.routes.values()]})
+
+    @app.get("/v1/models/{name}", tags=["models"])
+    async def get_model(name: str) -> Response:
+        return json_response(describe(model_route(name)))
+
+    def describe(route: ModelRoute) -> dict[str, Any]:
+        spec = route.spec
+        return {
+            "name": spec.name,
+            "version": spec.version,
+            "task": spec.task,
+            "description": spec.description,
+            "inputs": spec.inputs.model_dump(exclude_none=True),
+            "max_batch_size": route.max_batch_size,
+            "workers": route.workers,
+            "max_queue_size": route.max_queue_size,
+            "grad_mode": settings.grad_mode,
+            "device": route.device,
+        }
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> Response:
+        return json_response({"status": "live"})
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready() -> Response:
+        models = state.readiness()
+        if state.shutting_down.value:
+            return json_response({"status": "shutting down", "models": models}, 503)
+        if not all(models.values()):
+            return json_response({"status": "not ready", "models": models}, 503)
+        return json_response({"status": "ready", "models": models})
+
+    @app.get("/metrics", tags=["metrics"])
+    async def scrape() -> Response:
+        body = await asyncio.to_thread(metrics.render, state.readiness)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _bind(
+    handler: Callable[[Request, str], Awaitable[Response]], name: str
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, name)
+
+    endpoint.__name__ = f"predict_{name}"
+    return endpoint

@@ -1,0 +1,245 @@
+"""Builds the LitServer from settings and runs it with the operational behaviour LitServe lacks:
+validated start-up before the port is bound, SIGTERM/SIGINT drain, and no process left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import litserve as ls
+
+from service import metrics
+from service.repository import ModelRepository
+from service.routes import ModelRoute, ServiceState, register_routes, request_model_for
+from service.settings import ModelOverrides, Settings, cpu_count
+from service.worker import ModelAPI, WorkerConfig, internal_path
+
+logger = logging.getLogger("service.server")
+
+# LitServe's own routes that we replace (health, info, its default index and the internal queue paths)
+_LITSERVE_ROUTES = {"/", "/health", "/info"}
+
+
+def preflight(settings: Settings) -> ModelRepository:
+    """Everything that can be checked before a worker starts: declarations and weight checksums.
+
+    Raises ModelError with one line that names the model and the cause.
+    """
+    repository = ModelRepository(settings.repository)
+    for name in settings.serve:
+        repository.get(name).verified_weights()
+    return repository
+
+
+def torch_threads(settings: Settings, total_workers: int) -> int:
+    """Threads per worker so that workers × threads fits the machine's cores."""
+    return settings.torch_threads or max(1, cpu_count() // max(1, total_workers))
+
+
+def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.LitServer, ServiceState]:
+    plans: list[tuple[str, Any, ModelOverrides]] = []
+    for name in settings.serve:
+        entry = repository.get(name)
+        plans.append((name, entry.spec, settings.models.get(name) or ModelOverrides()))
+    total_workers = sum(o.workers or spec.workers for _, spec, o in plans)
+    threads = torch_threads(settings, total_workers)
+
+    apis: list[ModelAPI] = []
+    routes: dict[str, ModelRoute] = {}
+    workers: dict[str, int] = {}
+    for name, spec, overrides in plans:
+        count = overrides.workers or spec.workers
+        batch = overrides.max_batch_size or spec.max_batch_size
+        timeout = spec.batch_timeout if overrides.batch_timeout is None else overrides.batch_timeout
+        config = WorkerConfig(
+            model=name,
+            repository=Path(settings.repository),
+            grad_mode=settings.grad_mode,
+            torch_threads=threads,
+            max_batch_size=batch,
+            batch_timeout=timeout,
+            max_line_bytes=settings.max_line_bytes,
+        )
+        apis.append(ModelAPI(config))
+        workers[internal_path(name)] = count
+        routes[name] = ModelRoute(
+            spec=spec,
+            request_model=request_model_for(spec),
+            workers=count,
+            max_queue_size=overrides.max_queue_size or spec.max_queue_size,
+            max_batch_size=batch,
+            inflight=mp.Value("i", 0),
+            device=settings.accelerator,
+        )
+
+    server = ls.LitServer(
+        apis,
+        accelerator=settings.accelerator,
+        workers_per_device=workers,
+        timeout=False,  # our deadline covers queue and compute; LitServe's covers only the queue
+        restart_workers=False,
+    )
+    # LitServe's monitor races our shutdown and, on a dead worker, stops the server from a
+    # thread while run() still waits; WorkerMonitor below replaces it.
+    server._monitor_workers = False
+    internal = {internal_path(name) for name in settings.serve}
+    server.app.router.routes = [
+        route
+        for route in server.app.router.routes
+        if getattr(route, "path", None) not in _LITSERVE_ROUTES | internal
+    ]
+    state = ServiceState(settings, routes)
+    state.server = server
+    register_routes(server.app, state)
+    return server, state
+
+
+def wipe_metrics_dir() -> None:
+    """Remove the previous run's per-process metric files (stale pids would be summed forever)."""
+    folder = Path(metrics.multiprocess_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+class Drain:
+    """SIGTERM/SIGINT: readiness and new requests turn 503 at once; in-flight requests finish
+    (up to ``shutdown_grace`` seconds); then LitServe stops its processes."""
+
+    def __init__(self, server: ls.LitServer, state: ServiceState) -> None:
+        self.server = server
+        self.state = state
+        self.pid = os.getpid()
+        self.started = False
+        # set by WorkerMonitor once every worker reported ready; read by the signal handler,
+        # which must never touch a Manager proxy (the main thread may be mid-call on it)
+        self.serving = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked helper process (LitServe's manager) inherited this handler
+        name = signal.Signals(signum).name
+        if self.started:
+            logger.warning("%s again: stopping now", name)
+            raise KeyboardInterrupt
+        self.started = True
+        self.state.shutting_down.value = 1
+        if not self.serving.is_set():
+            logger.info("%s during start-up: stopping", name)
+            raise KeyboardInterrupt
+        logger.info("%s: draining (up to %.0f s), then stopping", name, self.state.settings.shutdown_grace)
+        threading.Thread(target=self._drain, name="drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        limit = time.monotonic() + self.state.settings.shutdown_grace
+        while time.monotonic() < limit and any(r.inflight.value > 0 for r in self.state.routes.values()):
+            time.sleep(0.05)
+        left = sum(r.inflight.value for r in self.state.routes.values())
+        if left:
+            logger.warning("grace period over with %d requests still in flight", left)
+        else:
+            logger.info("drained: no request in flight")
+        event = self.server._shutdown_event
+        if event is not None:
+            event.set()
+
+
+class WorkerMonitor:
+    """Watches the inference workers from the launcher. A worker that dies while serving
+    stops the server with a non-zero status and a clear line (nothing hangs silently)."""
+
+    def __init__(
+        self, server: ls.LitServer, state: ServiceState, drain: Drain, interval: float = 0.5
+    ) -> None:
+        self.server = server
+        self.state = state
+        self.drain = drain
+        self.interval = interval
+        self.failure: str | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="worker-monitor", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            workers = self.server.__dict__.get("inference_workers") or []
+            event = self.server._shutdown_event
+            if self.state.shutting_down.value or event is None:
+                if self.state.shutting_down.value:
+                    return
+                continue
+            if not self.drain.serving.is_set() and workers and all(self.state.readiness().values()):
+                self.drain.serving.set()
+            for process in workers:
+                if process.exitcode is not None:
+                    self.failure = f"inference worker pid {process.pid} exited with status {process.exitcode}"
+                    logger.error("%s; stopping the server", self.failure)
+                    self.state.shutting_down.value = 1
+                    event.set()
+                    return
+
+
+def reap_children(timeout: float = 5.0) -> None:
+    """Terminate, then kill, whatever child processes are left (LitServe may leave some)."""
+    from multiprocessing import resource_tracker
+
+    import psutil
+
+    # the resource tracker ignores SIGTERM by design and exits on its own when we do
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    children = [child for child in psutil.Process().children(recursive=True) if child.pid != tracker]
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit status."""
+    repository = preflight(settings)
+    wipe_metrics_dir()
+    metrics.initialise_api_labels(settings.serve)
+    metrics.initialise_launcher_labels(settings.serve)
+    server, state = build_server(settings, repository)
+    drain = Drain(server, state)
+    drain.install()
+    monitor = WorkerMonitor(server, state, drain)
+    monitor.start()
+    try:
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.num_api_servers,
+            log_level=settings.log_level,
+            generate_client_file=False,
+            api_server_worker_type="process",
+        )
+    except KeyboardInterrupt:
+        logger.info("stopped")
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        reap_children()
+    return 1 if monitor.failure else 0

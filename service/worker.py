@@ -1,0 +1,275 @@
+"""The inference worker: a thin LitAPI that owns one model's InferenceSession, and the loop
+that feeds it batches.
+
+LitServe spawns one process per worker and calls ``setup`` there; our loop then replaces
+LitServe's batching loop, which polls its queue every millisecond (a core burnt while idle)
+and batches requests rather than inputs. This one blocks while idle, gathers requests until
+``max_batch_size`` inputs or ``batch_timeout`` seconds, splits large requests into several
+forwards, drops requests whose deadline passed before they reach the model, and records
+queue, compute, batch-size and memory metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+from litserve.loops.base import _SENTINEL_VALUE, LitLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
+
+from service import metrics
+from service.repository import ModelRepository, ModelSpec
+from service.session import GradMode, InferenceSession
+
+logger = logging.getLogger("service.worker")
+
+MEMORY_INTERVAL = 2.0  # seconds between RSS samples while idle
+IDLE_POLL = 1.0  # seconds the idle loop blocks on the queue before sampling memory again
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, picklable (LitServe spawns workers with a pickled LitAPI)."""
+
+    model: str
+    repository: Path
+    grad_mode: GradMode
+    torch_threads: int
+    max_batch_size: int
+    batch_timeout: float
+    max_line_bytes: int = 1 << 20
+
+
+def internal_path(model: str) -> str:
+    """The LitServe api_path of a model: names its request queue; never exposed over HTTP."""
+    return f"/internal/{model}"
+
+
+class ModelAPI(ls.LitAPI):  # type: ignore[misc]
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout,
+            api_path=internal_path(config.model),
+            stream=True,  # responses travel as a sequence of messages (files stream many)
+            loop=BatchingLoop(),
+        )
+        self.config = config
+        self.session: InferenceSession | None = None
+        self.spec: ModelSpec | None = None
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        # The launcher orchestrates shutdown: a terminal's Ctrl-C must not kill workers mid-batch.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        started = time.perf_counter()
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        entry = ModelRepository(self.config.repository).get(self.config.model)
+        self.spec = entry.spec
+        model = entry.load(device)
+        self.session = InferenceSession(model, self.config.grad_mode)
+        self.session.run([warmup_input(entry.spec)])
+        worker = os.environ.get("LITSERVE_WORKER_ID", "0")
+        metrics.initialise_worker_labels(self.config.model)
+        metrics.MODEL_LOAD_DURATION.labels(self.config.model).set(time.perf_counter() - started)
+        metrics.MODEL_INFO.labels(
+            self.config.model, entry.spec.version, str(device), self.config.grad_mode
+        ).set(1)
+        self.memory = MemoryReporter(self.config.model, worker, str(device))
+        self.memory.sample()
+        self.memory.start()
+        logger.info("worker %s: model %s ready on %s", worker, self.config.model, device)
+
+    # LitServe requires these hooks to exist; our loop calls the session directly.
+    def decode_request(self, request: Any) -> Any:
+        return request
+
+    def predict(self, x: Any) -> Any:
+        return x
+
+    def encode_response(self, output: Any) -> Any:
+        return output
+
+
+def warmup_input(spec: ModelSpec) -> Any:
+    if spec.inputs.kind == "vector":
+        return [0.0] * (spec.inputs.dim or 1)
+    return "warm-up"
+
+
+class MemoryReporter:
+    """Samples this worker's RSS (and CUDA memory) into gauges: after each batch and every few seconds."""
+
+    def __init__(self, model: str, worker: str, device: str) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._rss = metrics.WORKER_RSS.labels(model, worker)
+        self._peak = metrics.WORKER_PEAK_RSS.labels(model, worker)
+        self._cuda = device.startswith("cuda")
+        self._labels = (model, worker, device)
+        self._last = 0.0
+        self._stop = threading.Event()
+
+    def sample(self) -> None:
+        self._last = time.monotonic()
+        self._rss.set(self._process.memory_info().rss)
+        # the kernel's high-water mark catches peaks between samples (ru_maxrss is in KiB on Linux)
+        self._peak.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if self._cuda:
+            import torch
+
+            index = torch.device(self._labels[2])
+            metrics.CUDA_ALLOCATED.labels(*self._labels).set(torch.cuda.memory_allocated(index))
+            metrics.CUDA_RESERVED.labels(*self._labels).set(torch.cuda.memory_reserved(index))
+            metrics.CUDA_MAX_ALLOCATED.labels(*self._labels).set(torch.cuda.max_memory_allocated(index))
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._run, name="memory-reporter", daemon=True)
+        thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(MEMORY_INTERVAL):
+            if time.monotonic() - self._last >= MEMORY_INTERVAL / 2:
+                self.sample()
+
+
+@dataclass
+class Pending:
+    """One request taken from the queue: where to answer, and its inputs."""
+
+    response_queue_id: int
+    uid: str
+    arrived: float
+    deadline: float
+    inputs: list[Any]
+    outputs: list[Any] = field(default_factory=list)
+
+
+class StopLoop(Exception):
+    pass
+
+
+class BatchingLoop(LitLoop):  # type: ignore[misc]
+    """Blocks while idle; batches inputs across requests; answers each request once."""
+
+    def __call__(
+        self,
+        lit_api: ModelAPI,
+        device: str,
+        worker_id: int,
+        request_queue: Any,
+        transport: Any,
+        workers_setup_status: Any,
+        callback_runner: Any,
+    ) -> None:
+        assert lit_api.session is not None and lit_api.spec is not None
+        self.api = lit_api
+        self.session = lit_api.session
+        self.transport = transport
+        self.request_queue = request_queue
+        model = lit_api.config.model
+        self.queue_seconds = metrics.QUEUE_DURATION.labels(model)
+        self.compute_seconds = metrics.COMPUTE_DURATION.labels(model)
+        self.batch_size = metrics.BATCH_SIZE.labels(model)
+        self.max_batch = lit_api.config.max_batch_size
+        self.batch_timeout = lit_api.config.batch_timeout
+        try:
+            while True:
+                self._serve_once()
+        except StopLoop:
+            logger.debug("worker %s: stop requested", worker_id)
+
+    def _get(self, timeout: float) -> Any:
+        try:
+            item = self.request_queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item == _SENTINEL_VALUE or item is None:
+            raise StopLoop
+        return item
+
+    def _serve_once(self) -> None:
+        first = self._get(IDLE_POLL)
+        if first is None:
+            return
+        requests = [first]
+        count = _size(first)
+        closes = time.monotonic() + self.batch_timeout
+        while count < self.max_batch:
+            remaining = closes - time.monotonic()
+            if remaining <= 0:
+                break
+            item = self._get(remaining)
+            if item is None:
+                break
+            requests.append(item)
+            count += _size(item)
+        self._run(requests)
+        self.api.memory.sample()
+
+    def _run(self, items: list[Any]) -> None:
+        started = time.monotonic()
+        batch: list[Pending] = []
+        for response_queue_id, uid, _timestamp, payload in items:
+            op = payload.get("op")
+            if op == "file":
+                self._run_file(response_queue_id, uid, payload)
+                continue
+            arrived, deadline = payload["arrived"], payload["deadline"]
+            self.queue_seconds.observe(max(0.0, started - arrived))
+            if deadline <= started:
+                # the API server has answered 504 already; the model never sees it
+                self._answer_error(response_queue_id, uid, 504, "deadline expired while queued")
+                continue
+            batch.append(Pending(response_queue_id, uid, arrived, deadline, payload["inputs"]))
+        if not batch:
+            return
+        flat = [(p, x) for p in batch for x in p.inputs]
+        try:
+            for start in range(0, len(flat), self.max_batch):
+                chunk = flat[start : start + self.max_batch]
+                outputs = self.session.run([x for _, x in chunk])
+                self.compute_seconds.observe(self.session.last_duration)
+                self.batch_size.observe(len(chunk))
+                for (pending, _), output in zip(chunk, outputs, strict=True):
+                    pending.outputs.append(output)
+        except Exception as exc:
+            logger.exception("model %s: forward failed", self.api.config.model)
+            for pending in batch:
+                self._answer_error(
+                    pending.response_queue_id, pending.uid, 500, f"model error: {type(exc).__name__}"
+                )
+            return
+        for pending in batch:
+            self._send(pending.response_queue_id, pending.uid, pending.outputs, LitAPIStatus.OK)
+
+    def _run_file(self, response_queue_id: int, uid: str, payload: dict[str, Any]) -> None:
+        from service.filestream import stream_file
+
+        for message, status in stream_file(self, payload):
+            self._send(response_queue_id, uid, message, status)
+
+    def _send(self, response_queue_id: int, uid: str, data: Any, status: str) -> None:
+        self.put_response(self.transport, response_queue_id, uid, data, status, LoopResponseType.STREAMING)
+
+    def _answer_error(self, response_queue_id: int, uid: str, code: int, message: str) -> None:
+        self._send(response_queue_id, uid, {"status": code, "error": message}, LitAPIStatus.ERROR)
+
+
+def _size(item: Any) -> int:
+    payload = item[3]
+    if payload.get("op") == "file":
+        return 0
+    return len(payload["inputs"])

@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests are marked by folder: unit/, integration/, e2e/.
+
+prometheus_client reads PROMETHEUS_MULTIPROC_DIR when first imported, so it is set here,
+before any test module imports the service.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="inference-test-metrics-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.support import ServerProcess  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts and parts[0] in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """A real `python -m service serve` on a free loopback port, serving minilm and reference."""
+    with ServerProcess(serve=["minilm", "reference"]) as process:
+        yield process
