@@ -141,7 +141,7 @@ class _ReadinessCollector(Collector):
 def render(readiness: Callable[[], dict[str, bool]]) -> bytes:
     """One scrape: a fresh registry over every process's files, plus current readiness."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(_ReadinessCollector(readiness))
     return generate_latest(registry)
 
@@ -157,4 +157,4 @@ def multiprocess_dir() -> str:
 def mark_process_dead(pid: int) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid, multiprocess_dir())
+    multiprocess.mark_process_dead(pid, multiprocess_dir())  # type: ignore[no-untyped-call]

@@ -42,11 +42,11 @@ def request_model_for(spec: ModelSpec) -> type[BaseModel]:
         item = Annotated[StrictStr, Field(max_length=limits.max_length)]
     else:
         number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
-        item = Annotated[list[number], Field(min_length=limits.dim, max_length=limits.dim)]  # type: ignore[valid-type]
+        item = Annotated[list[number], Field(min_length=limits.dim, max_length=limits.dim)]
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")
-        inputs: Annotated[list[item], Field(min_length=limits.min_items, max_length=limits.max_items)]  # type: ignore[valid-type]
+        inputs: Annotated[list[item], Field(min_length=limits.min_items, max_length=limits.max_items)]
 
     return PredictRequest
 

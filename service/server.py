@@ -4,6 +4,7 @@ validated start-up before the port is bound, SIGTERM/SIGINT drain, and no proces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -202,16 +203,12 @@ def reap_children(timeout: float = 5.0) -> None:
     tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
     children = [child for child in psutil.Process().children(recursive=True) if child.pid != tracker]
     for child in children:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(children, timeout=timeout)
     for child in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=timeout)
 
 

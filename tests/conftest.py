@@ -12,12 +12,12 @@ import tempfile
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="inference-test-metrics-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.support import ServerProcess  # noqa: E402
+from tests.support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,7 +33,8 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(config.hidden, config.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
+        out: torch.Tensor = self.fc2(torch.tanh(self.fc1(x)))
+        return out
 
 
 class ReferenceModel:
@@ -45,7 +46,8 @@ class ReferenceModel:
         return torch.tensor(inputs, dtype=torch.float32, device=self.device)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.module(batch)
+        out: torch.Tensor = self.module(batch)
+        return out
 
     def postprocess(self, output: torch.Tensor) -> list[list[float]]:
         rows: list[list[float]] = output.detach().cpu().tolist()
