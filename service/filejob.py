@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from service.readers import (
     FORMATS,
     Format,
     FormatError,
+    Record,
     Validator,
     check_format,
     open_records,
@@ -65,6 +67,20 @@ def format_record(
     else:
         result["output"] = output
     return orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def render_batch(session: InferenceSession, batch: Sequence[Record]) -> tuple[bytes, int]:
+    """Run a batch's valid records through the session together; return its NDJSON lines in
+    input order (error lines in place of invalid records) and the number of error lines."""
+    good = [record for record in batch if record.error is None]
+    outputs = iter(session.run([record.value for record in good]) if good else [])
+    lines = []
+    for record in batch:
+        if record.error is None:
+            lines.append(format_record(record.line, record.id, output=next(outputs)))
+        else:
+            lines.append(format_record(record.line, record.id, error=record.error))
+    return b"".join(lines), len(batch) - len(good)
 
 
 def partial_path(output_path: Path) -> Path:
@@ -151,16 +167,9 @@ def run_predict_file(
             _Progress(batches.total_bytes, enabled=progress, interval=progress_interval) as meter,
         ):
             for batch in batches:
-                good = [record for record in batch if record.error is None]
-                outputs = iter(session.run([record.value for record in good]) if good else [])
-                lines = []
-                for record in batch:
-                    if record.error is None:
-                        lines.append(format_record(record.line, record.id, output=next(outputs)))
-                    else:
-                        lines.append(format_record(record.line, record.id, error=record.error))
-                        errors += 1
-                out.write(b"".join(lines))
+                rendered, failed = render_batch(session, batch)
+                out.write(rendered)
+                errors += failed
                 records += len(batch)
                 meter.update(batches.bytes_read, records)
             out.flush()

@@ -158,3 +158,35 @@ def mark_process_dead(pid: int) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid, multiprocess_dir())  # type: ignore[no-untyped-call]
+
+
+class _Disabled:
+    """Stands in for every metric when metrics are switched off (to measure what they cost)."""
+
+    def labels(self, *args: object, **kwargs: object) -> _Disabled:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+_METRIC_NAMES = (
+    "REQUESTS", "REQUEST_DURATION", "QUEUE_DURATION", "COMPUTE_DURATION", "BATCH_SIZE", "IN_FLIGHT",
+    "WORKER_RSS", "WORKER_PEAK_RSS", "CUDA_ALLOCATED", "CUDA_RESERVED", "CUDA_MAX_ALLOCATED",
+    "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "FILE_RECORDS", "FILE_BYTES",
+)  # fmt: skip
+
+
+def disable() -> None:
+    """Turn every metric of this process into a no-op (settings ``metrics: false``)."""
+    for name in _METRIC_NAMES:
+        globals()[name] = _Disabled()

@@ -14,20 +14,23 @@ import multiprocessing as mp
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Request
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from service import metrics
 from service.errors import ApiError, describe_validation, install_error_handlers, json_response
+from service.readers import FormatError, check_format
 from service.repository import ModelSpec
 from service.settings import Settings
+from service.uploads import default_spool_dir, remove_quietly, spool_upload
 from service.worker import internal_path
 
 JSON_TYPES = ("application/json",)
@@ -76,6 +79,7 @@ class ServiceState:
         self.routes = routes
         self.shutting_down = mp.Value("b", 0)
         self.server: Any = None  # the LitServer, set by build_server
+        self.spool_dir: Path = settings.spool_dir or default_spool_dir(settings.port)
 
     def readiness(self) -> dict[str, bool]:
         status = self.server.workers_setup_status if self.server is not None else None
@@ -137,18 +141,15 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             raise ApiError(404, f"model {name[:100]!r} is not served here (served: {known})")
         return route
 
-    async def submit(
-        route: ModelRoute, request: Request, payload: dict[str, Any], arrived: float, timeout: float
-    ) -> Any:
+    def admit(route: ModelRoute) -> None:
+        """Count the request in; 503 when shutting down or the model's queue is full."""
         name = route.spec.name
         if state.shutting_down.value:
             metrics.REJECTED.labels(name, "shutting_down").inc()
             raise ApiError(503, "server is shutting down; retry on another replica", {"Retry-After": "1"})
         with route.inflight.get_lock():
-            if route.inflight.value >= route.max_queue_size:
-                full = True
-            else:
-                full = False
+            full = route.inflight.value >= route.max_queue_size
+            if not full:
                 route.inflight.value += 1
         if full:
             metrics.REJECTED.labels(name, "queue_full").inc()
@@ -157,33 +158,58 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
                 f"model {name!r} has {route.max_queue_size} requests queued; retry later",
                 {"Retry-After": "1"},
             )
-        gauge = metrics.IN_FLIGHT.labels(name)
-        gauge.inc()
+        metrics.IN_FLIGHT.labels(name).inc()
+
+    def release(route: ModelRoute) -> None:
+        metrics.IN_FLIGHT.labels(route.spec.name).dec()
+        with route.inflight.get_lock():
+            route.inflight.value -= 1
+
+    def enqueue(
+        route: ModelRoute, request: Request, arrived: float, payload: dict[str, Any]
+    ) -> tuple[str, Any]:
+        """Put an admitted request on the model's LitServe queue; return its uid and response buffer item."""
         server = state.server
         uid = uuid.uuid4().hex
         item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
         server.response_buffer[uid] = item
+        server._get_request_queue(internal_path(route.spec.name)).put(
+            (request.app.response_queue_id, uid, arrived, payload)
+        )
+        return uid, item
+
+    async def next_message(item: Any, timeout: float | None) -> tuple[Any, str]:
+        while not item.response_queue:
+            item.event.clear()
+            if item.response_queue:
+                break
+            await asyncio.wait_for(item.event.wait(), timeout=timeout)
+        data, status = item.response_queue.popleft()
+        return data, status
+
+    def raise_for(data: Any) -> None:
+        if isinstance(data, dict) and "status" in data:
+            raise ApiError(int(data["status"]), str(data["error"]))
+        raise ApiError(503, "the inference worker failed while handling this request; retry")
+
+    async def submit(route: ModelRoute, request: Request, payload: dict[str, Any], timeout: float) -> Any:
+        admit(route)
+        uid = None
         try:
-            queue = server._get_request_queue(internal_path(name))
-            queue.put((request.app.response_queue_id, uid, arrived, payload))
+            uid, item = enqueue(route, request, payload["arrived"], payload)
             try:
-                await asyncio.wait_for(
-                    item.event.wait(), timeout=max(0.0, payload["deadline"] - time.monotonic())
-                )
+                remaining = max(0.0, payload["deadline"] - time.monotonic())
+                data, status = await next_message(item, remaining)
             except TimeoutError:
-                metrics.REJECTED.labels(name, "deadline").inc()
+                metrics.REJECTED.labels(route.spec.name, "deadline").inc()
                 raise ApiError(504, f"no answer within the deadline of {timeout:g} s") from None
-            data, status = item.response_queue.popleft()
             if status == LitAPIStatus.ERROR:
-                if isinstance(data, dict) and "status" in data:
-                    raise ApiError(int(data["status"]), str(data["error"]))
-                raise ApiError(503, "the inference worker failed while handling this request; retry")
+                raise_for(data)
             return data
         finally:
-            server.response_buffer.pop(uid, None)
-            gauge.dec()
-            with route.inflight.get_lock():
-                route.inflight.value -= 1
+            if uid is not None:
+                state.server.response_buffer.pop(uid, None)
+            release(route)
 
     async def predict(request: Request, name: str) -> Response:
         started, arrived = time.perf_counter(), time.monotonic()
@@ -198,7 +224,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
                 raise ApiError(422, describe_validation(exc)) from None
             inputs = parsed.inputs  # type: ignore[attr-defined]
             payload = {"op": "predict", "inputs": inputs, "arrived": arrived, "deadline": arrived + timeout}
-            outputs = await submit(route, request, payload, arrived, timeout)
+            outputs = await submit(route, request, payload, timeout)
             code = 200
             return json_response({"model": name, "version": route.spec.version, "outputs": outputs})
         except ApiError as exc:
@@ -220,6 +246,75 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
             },
         )
+
+    async def predict_file(request: Request, name: str) -> Response:
+        started, arrived = time.perf_counter(), time.monotonic()
+        token = uuid.uuid4().hex
+        source, target = state.spool_dir / f"{token}.in", state.spool_dir / f"{token}.out"
+        cleanups: list[Callable[[], None]] = [lambda: remove_quietly(source, target)]
+
+        def cleanup(code: int) -> None:
+            for step in reversed(cleanups):
+                step()
+            observe(name, metrics.FILE_ENDPOINT, started, code)
+
+        try:
+            route = model_route(name)
+            params = request.query_params
+            fmt = await spool_upload(request, source, settings.max_file_bytes, params.get("format"))
+            csv = fmt == "csv"
+            input_key = params.get("input_column" if csv else "input_key", "input")
+            id_key = params.get("id_column" if csv else "id_key", "id")
+            try:
+                await asyncio.to_thread(
+                    check_format,
+                    source,
+                    fmt,
+                    input_key=input_key,
+                    id_key=id_key,
+                    max_line_bytes=settings.max_line_bytes,
+                )
+            except FormatError as exc:
+                raise ApiError(400, f"not a valid {fmt} file: {exc}") from None
+            admit(route)
+            cleanups.append(lambda: release(route))
+            payload = {
+                "op": "file", "arrived": arrived, "input": str(source), "output": str(target), "format": fmt,
+                "input_key": input_key, "id_key": id_key,
+            }  # fmt: skip
+            uid, item = enqueue(route, request, arrived, payload)
+            cleanups.append(lambda: state.server.response_buffer.pop(uid, None))
+            data, status = await next_message(item, None)
+            if status == LitAPIStatus.ERROR:
+                raise_for(data)
+        except ApiError as exc:
+            cleanup(exc.status)
+            return exc.response()
+        except BaseException:
+            cleanup(500)
+            raise
+        stream = follow_results(item, target, data, status, next_message)
+        return OwnedStreamingResponse(
+            stream, on_close=lambda: cleanup(200), media_type="application/x-ndjson"
+        )
+
+    app.add_api_route(
+        "/v1/models/{name}/predict-file",
+        predict_file,
+        methods=["POST"],
+        tags=["predict"],
+        summary="Stream a JSONL, CSV or text file through a model; NDJSON results, one line per record",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-ndjson": {"schema": {"type": "string", "format": "binary"}},
+                    "text/csv": {"schema": {"type": "string", "format": "binary"}},
+                    "text/plain": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
 
     @app.post("/v1/models/{name}/predict", include_in_schema=False)
     async def predict_unknown(request: Request, name: str) -> Response:
@@ -265,6 +360,52 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
     async def scrape() -> Response:
         body = await asyncio.to_thread(metrics.render, state.readiness)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+FILE_CHUNK = 64 * 1024
+
+
+async def follow_results(
+    item: Any,
+    target: Path,
+    data: Any,
+    status: str,
+    next_message: Callable[[Any, float | None], Awaitable[tuple[Any, str]]],
+) -> AsyncIterator[bytes]:
+    """Stream the worker's output spool file as it grows: the worker says how many bytes are
+    ready; we send them in bounded chunks. A failure mid-file ends the stream with an error line."""
+    sent = 0
+    with open(target, "rb") as handle:
+        while True:
+            if status == LitAPIStatus.ERROR:
+                message = data.get("error", "worker failed") if isinstance(data, dict) else "worker failed"
+                yield orjson.dumps({"error": f"stopped: {message}"}) + b"\n"
+                return
+            ready = int(data["ready"])
+            while sent < ready:
+                chunk = handle.read(min(FILE_CHUNK, ready - sent))
+                if not chunk:
+                    break
+                sent += len(chunk)
+                yield chunk
+            if status == LitAPIStatus.FINISH_STREAMING:
+                return
+            data, status = await next_message(item, None)
+
+
+class OwnedStreamingResponse(StreamingResponse):
+    """A streaming response that releases what it owns when it ends, however it ends
+    (finished, failed, or the client went away before or during the body)."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _bind(

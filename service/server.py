@@ -21,6 +21,7 @@ from service import metrics
 from service.repository import ModelRepository
 from service.routes import ModelRoute, ServiceState, register_routes, request_model_for
 from service.settings import ModelOverrides, Settings, cpu_count
+from service.uploads import clean_spool_dir
 from service.worker import ModelAPI, WorkerConfig, internal_path
 
 logger = logging.getLogger("service.server")
@@ -68,6 +69,7 @@ def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.Li
             max_batch_size=batch,
             batch_timeout=timeout,
             max_line_bytes=settings.max_line_bytes,
+            metrics=settings.metrics,
         )
         apis.append(ModelAPI(config))
         workers[internal_path(name)] = count
@@ -216,9 +218,14 @@ def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit status."""
     repository = preflight(settings)
     wipe_metrics_dir()
+    if not settings.metrics:
+        metrics.disable()
     metrics.initialise_api_labels(settings.serve)
     metrics.initialise_launcher_labels(settings.serve)
     server, state = build_server(settings, repository)
+    leftovers = clean_spool_dir(state.spool_dir)
+    if leftovers:
+        logger.warning("removed %d spool files left by an earlier run from %s", leftovers, state.spool_dir)
     drain = Drain(server, state)
     drain.install()
     monitor = WorkerMonitor(server, state, drain)

@@ -47,6 +47,7 @@ class WorkerConfig:
     max_batch_size: int
     batch_timeout: float
     max_line_bytes: int = 1 << 20
+    metrics: bool = True
 
 
 def internal_path(model: str) -> str:
@@ -72,6 +73,8 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
 
         # The launcher orchestrates shutdown: a terminal's Ctrl-C must not kill workers mid-batch.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not self.config.metrics:
+            metrics.disable()
         started = time.perf_counter()
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
@@ -223,12 +226,11 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
         started = time.monotonic()
         batch: list[Pending] = []
         for response_queue_id, uid, _timestamp, payload in items:
-            op = payload.get("op")
-            if op == "file":
+            self.queue_seconds.observe(max(0.0, started - payload["arrived"]))
+            if payload.get("op") == "file":
                 self._run_file(response_queue_id, uid, payload)
                 continue
             arrived, deadline = payload["arrived"], payload["deadline"]
-            self.queue_seconds.observe(max(0.0, started - arrived))
             if deadline <= started:
                 # the API server has answered 504 already; the model never sees it
                 self._answer_error(response_queue_id, uid, 504, "deadline expired while queued")

@@ -1,0 +1,1 @@
+"""The servers the benchmark compares with the service, each a script run as its own process."""

@@ -1,0 +1,170 @@
+"""Spooling uploads to disk in bounded chunks, in the API server.
+
+LitServe would hold a whole upload in memory and pickle it to a worker; here the body goes
+straight from the socket into a spool file (``with open(..., "wb")``), raw or as the single
+part of ``multipart/form-data``, and the size limit answers 413 as soon as it is crossed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from service.errors import ApiError
+from service.readers import FORMATS, Format
+
+CONTENT_TYPES: dict[str, Format] = {
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/json-lines": "jsonl",
+    "text/csv": "csv",
+    "text/plain": "txt",
+}
+EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
+SPOOL_SUFFIXES = (".in", ".out")
+
+
+def default_spool_dir(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"inference-spool-{port}"
+
+
+def clean_spool_dir(folder: Path) -> int:
+    """Create the folder; remove spool files a crashed run left behind. Returns how many."""
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for leftover in folder.iterdir():
+        if leftover.suffix in SPOOL_SUFFIXES and leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class _Part:
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self._field = b""
+        self._value = b""
+
+
+async def spool_upload(request: Request, target: Path, limit: int, requested: str | None) -> Format:
+    """Write the body (or its single multipart part) to ``target``; return the file's format.
+
+    The format comes from ``?format=``, else the (part's) content type, else the part's file
+    name. Raises ApiError 413 past ``limit`` bytes, 415 for an unknown type, 400 for bad multipart.
+    The caller removes ``target`` on any error.
+    """
+    if requested is not None and requested not in FORMATS:
+        raise ApiError(400, f"format must be one of {', '.join(FORMATS)}, got {requested[:40]!r}")
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    kind = content_type.decode("latin-1").lower()
+    declared = request.headers.get("content-length")
+    if (
+        declared is not None
+        and declared.isdigit()
+        and int(declared) > limit + (64 * 1024 if kind.startswith("multipart/") else 0)
+    ):
+        raise ApiError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+    if kind == "multipart/form-data":
+        return await _spool_multipart(request, target, limit, requested, options)
+    fmt: Any = requested or CONTENT_TYPES.get(kind)
+    if fmt is None:
+        shown = kind or "none"
+        raise ApiError(
+            415,
+            f"content type {shown} is not a file format; send application/x-ndjson, text/csv, text/plain "
+            "or multipart/form-data",
+        )
+    written = 0
+    with open(target, "wb") as out:
+        async for chunk in request.stream():
+            written += len(chunk)
+            if written > limit:
+                raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
+            out.write(chunk)
+    result: Format = fmt
+    return result
+
+
+async def _spool_multipart(
+    request: Request, target: Path, limit: int, requested: str | None, options: dict[bytes, bytes]
+) -> Format:
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "multipart body without a boundary")
+    parts: list[_Part] = []
+    state = {"written": 0}
+
+    with open(target, "wb") as out:
+
+        def on_part_begin() -> None:
+            parts.append(_Part())
+            if len(parts) > 1:
+                raise ApiError(400, "multipart upload must have exactly one part (the file)")
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            part = parts[-1]
+            if part._value:
+                part.headers[part._field.decode("latin-1").lower()] = part._value.decode("latin-1")
+                part._field, part._value = b"", b""
+            part._field += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            parts[-1]._value += data[start:end]
+
+        def on_headers_finished() -> None:
+            part = parts[-1]
+            if part._field:
+                part.headers[part._field.decode("latin-1").lower()] = part._value.decode("latin-1")
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            state["written"] += end - start
+            if state["written"] > limit:
+                raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
+            out.write(data[start:end])
+
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+            },
+        )
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise ApiError(400, f"malformed multipart body: {exc}") from None
+    if not parts:
+        raise ApiError(400, "multipart upload has no part; send the file as its single part")
+    headers = parts[0].headers
+    part_type, _ = parse_options_header(headers.get("content-type", ""))
+    _, disposition = parse_options_header(headers.get("content-disposition", ""))
+    filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+    fmt: Any = requested or CONTENT_TYPES.get(part_type.decode("latin-1").lower())
+    if fmt is None:
+        fmt = EXTENSIONS.get(Path(filename).suffix.lower()) if filename else None
+    if fmt is None:
+        raise ApiError(
+            415,
+            "cannot tell the file's format: give ?format=jsonl|csv|txt, a part content type or a file name extension",
+        )
+    result: Format = fmt
+    return result
