@@ -104,7 +104,7 @@ async def _spool_multipart(
     if not boundary:
         raise ApiError(400, "multipart body without a boundary")
     parts: list[_Part] = []
-    state = {"written": 0}
+    state = {"written": 0, "ended": 0}
 
     with open(target, "wb") as out:
 
@@ -134,6 +134,9 @@ async def _spool_multipart(
                 raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
             out.write(data[start:end])
 
+        def on_end() -> None:
+            state["ended"] = 1
+
         parser = MultipartParser(
             boundary,
             {
@@ -142,6 +145,7 @@ async def _spool_multipart(
                 "on_header_value": on_header_value,
                 "on_headers_finished": on_headers_finished,
                 "on_part_data": on_part_data,
+                "on_end": on_end,
             },
         )
         try:
@@ -154,6 +158,8 @@ async def _spool_multipart(
             raise ApiError(400, f"malformed multipart body: {exc}") from None
     if not parts:
         raise ApiError(400, "multipart upload has no part; send the file as its single part")
+    if not state["ended"]:
+        raise ApiError(400, "malformed multipart body: the closing boundary is missing (truncated upload?)")
     headers = parts[0].headers
     part_type, _ = parse_options_header(headers.get("content-type", ""))
     _, disposition = parse_options_header(headers.get("content-disposition", ""))

@@ -1,0 +1,198 @@
+"""Measurements without HTTP, each in a fresh process so its memory is its own; one JSON
+result on stdout.
+
+    python -m benchmarks.inprocess limit --model minilm --threads 2 --batches 1,8,32 --duration 3
+    python -m benchmarks.inprocess bare-memory --model minilm --threads 2
+    python -m benchmarks.inprocess grad --model minilm --mode no_grad --batch 8 --threads 2
+
+``limit``: the model's forward through the repository and an ``InferenceSession``, as the
+service's worker runs it, batch after batch (the ceiling any server can reach).
+``bare-memory``: the RSS of a process that holds the model after one forward (the yardstick
+for a worker's memory). ``grad``: one grad mode at one batch size: latency and the growth of
+the RSS high-water mark (``ru_maxrss``) over the forwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from benchmarks.inputs import model_inputs
+from benchmarks.loadgen import percentile
+
+MiB = 1024 * 1024
+
+
+def max_rss() -> int:
+    """This process's RSS high-water mark in bytes (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss() -> int:
+    import psutil
+
+    rss: int = psutil.Process().memory_info().rss
+    return rss
+
+
+def load(model: str, threads: int) -> Any:
+    import torch
+
+    from service.repository import ModelRepository
+
+    torch.set_num_threads(threads)
+    return ModelRepository().get(model)
+
+
+def batches_of(inputs: list[Any], size: int) -> list[list[Any]]:
+    """Distinct batches of ``size`` consecutive inputs, wrapping around."""
+    count = len(inputs)
+    return [[inputs[(start + k) % count] for k in range(size)] for start in range(0, count, size)]
+
+
+def limit(args: argparse.Namespace) -> dict[str, Any]:
+    from service.session import InferenceSession
+    from service.worker import warmup_input
+
+    entry = load(args.model, args.threads)
+    session = InferenceSession(entry.load("cpu"), args.grad_mode)
+    session.run([warmup_input(entry.spec)])
+    inputs = model_inputs(args.model)
+    points = []
+    for size in args.batches:
+        batches = batches_of(inputs, size)
+        for batch in batches[:3]:  # warm the shapes
+            session.run(batch)
+        reps = []
+        for _ in range(args.reps):
+            latencies = []
+            started = time.perf_counter()
+            turn = 0
+            while (now := time.perf_counter()) - started < args.duration:
+                outputs = session.run(batches[turn % len(batches)])
+                latencies.append((time.perf_counter() - now) * 1000.0)
+                assert len(outputs) == size
+                turn += 1
+            elapsed = time.perf_counter() - started
+            latencies.sort()
+            reps.append(
+                {
+                    "batch": size,
+                    "forwards": turn,
+                    "throughput_rps": turn * size / elapsed,  # inputs per second
+                    "latency_ms": {
+                        "p50": percentile(latencies, 0.5),
+                        "p95": percentile(latencies, 0.95),
+                        "p99": percentile(latencies, 0.99),
+                        "mean": statistics.fmean(latencies),
+                        "max": latencies[-1],
+                    },
+                    "errors": 0,
+                }
+            )
+        points.append({"batch": size, "reps": reps})
+    return {"model": args.model, "threads": args.threads, "points": points, "peak_rss": max_rss()}
+
+
+def bare_memory(args: argparse.Namespace) -> dict[str, Any]:
+    from service.session import InferenceSession
+    from service.worker import warmup_input
+
+    entry = load(args.model, args.threads)
+    session = InferenceSession(entry.load("cpu"), args.grad_mode)
+    loaded = current_rss()
+    session.run([warmup_input(entry.spec)])
+    after_one = current_rss()
+    peak_one = max_rss()
+    batch = batches_of(model_inputs(args.model), entry.spec.max_batch_size)[0]
+    session.run(batch)
+    return {
+        "model": args.model,
+        "rss_loaded": loaded,
+        "rss_after_one_forward": after_one,
+        "peak_rss_after_one_forward": peak_one,
+        "max_batch_size": entry.spec.max_batch_size,
+        "rss_after_max_batch_forward": current_rss(),
+        "peak_rss_after_max_batch_forward": max_rss(),
+    }
+
+
+def grad(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    entry = load(args.model, args.threads)
+    model = entry.load("cpu")
+    guard = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[
+        args.mode
+    ]
+    batch = batches_of(model_inputs(args.model), args.batch)[0]
+    encoded = model.preprocess(batch)  # tokenising is the same in every mode: kept out of the timing
+    baseline_peak, baseline_rss = max_rss(), current_rss()
+    latencies = []
+    requires_grad = None
+    started = time.perf_counter()
+    while len(latencies) < args.min_iterations or time.perf_counter() - started < args.duration:
+        began = time.perf_counter()
+        with guard():
+            output = model.forward(encoded)
+            requires_grad = output.requires_grad
+            rows = model.postprocess(output)
+        del output
+        latencies.append((time.perf_counter() - began) * 1000.0)
+        assert len(rows) == args.batch
+    first, rest = latencies[0], sorted(latencies[1:])
+    return {
+        "model": args.model,
+        "mode": args.mode,
+        "batch": args.batch,
+        "iterations": len(latencies),
+        "output_requires_grad": requires_grad,
+        "first_forward_ms": first,
+        "latency_ms": {"p50": percentile(rest, 0.5), "p95": percentile(rest, 0.95)},
+        "baseline_peak_rss": baseline_peak,
+        "peak_rss": max_rss(),
+        "peak_rss_growth": max_rss() - baseline_peak,
+        "rss_growth": current_rss() - baseline_rss,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inprocess")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("limit", "bare-memory", "grad"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--model", required=True)
+        sub.add_argument("--threads", type=int, default=1)
+        sub.add_argument("--grad-mode", default="no_grad", choices=["no_grad", "inference_mode"])
+    sub = commands.choices["limit"]
+    sub.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1])
+    sub.add_argument("--duration", type=float, default=3.0, help="seconds per repetition")
+    sub.add_argument("--reps", type=int, default=1)
+    sub = commands.choices["grad"]
+    sub.add_argument("--mode", required=True, choices=["grad", "no_grad", "inference_mode"])
+    sub.add_argument("--batch", type=int, default=1)
+    sub.add_argument("--duration", type=float, default=2.0)
+    sub.add_argument("--min-iterations", type=int, default=5)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    command = {"limit": limit, "bare-memory": bare_memory, "grad": grad}[args.command]
+    with contextlib.redirect_stdout(sys.stderr):  # library chatter must not corrupt the JSON
+        result = command(args)
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
