@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-WORDS = (
+_TEXT = (
     "the quick brown fox jumps over a lazy dog while market prices rise and fall "
     "under grey autumn skies people walk slowly home after long days at work "
     "music plays softly in small cafes where friends share stories about travel "
     "science books weather football gardens cities rivers mountains coffee trains"
-).split()
+)
+WORDS = tuple(_TEXT.split(" "))
 
 # what each model answers per input: a 384-float embedding, a 4-float regression
 OUTPUT_DIM = {"minilm": 384, "reference": 4}

@@ -8,9 +8,9 @@ file, a class or a URL: only folders that exist on disk at start-up can be loade
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,10 +146,27 @@ class ModelEntry:
             )
         return location
 
+    def _import_code(self) -> Any:
+        """Import ``model.py`` from this folder by path (any repository location works)."""
+        name = _module_name(self.folder)
+        if name in sys.modules:
+            return sys.modules[name]
+        location = importlib.util.spec_from_file_location(name, self.folder / "model.py")
+        if location is None or location.loader is None:
+            raise ModelError(f"model {self.spec.name!r}: cannot import {self.folder}/model.py")
+        module = importlib.util.module_from_spec(location)
+        sys.modules[name] = module
+        try:
+            location.loader.exec_module(module)
+        except Exception:
+            del sys.modules[name]
+            raise
+        return module
+
     def load(self, device: str, **overrides: Any) -> Model:
         """Verify the weights, import ``model.py`` and call its ``load(spec, weights, device)``."""
         weights = self.verified_weights()
-        module = importlib.import_module(f"{self.folder.parent.name}.{self.folder.name}.model")
+        module = self._import_code()
         loader = getattr(module, "load", None)
         if loader is None:
             raise ModelError(f"model {self.spec.name!r}: {self.folder}/model.py defines no load()")
@@ -157,6 +174,11 @@ class ModelEntry:
         if not isinstance(model, Model):
             raise ModelError(f"model {self.spec.name!r}: load() returned {type(model).__name__}, not a Model")
         return model
+
+
+def _module_name(folder: Path) -> str:
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return f"_inference_models.{folder.name}_{digest}.model"
 
 
 def sha256_file(path: Path) -> str:

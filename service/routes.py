@@ -9,6 +9,7 @@ response routing into this process's response buffer.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
 import multiprocessing as mp
 import time
@@ -134,6 +135,29 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         metrics.REQUESTS.labels(label, endpoint, str(code)).inc()
         metrics.REQUEST_DURATION.labels(label, endpoint).observe(time.perf_counter() - started)
 
+    api_keys = [key.encode() for key in settings.all_api_keys()]
+    metrics_key = settings.metrics_api_key.get_secret_value().encode() if settings.metrics_api_key else None
+
+    def presented_key(request: Request) -> bytes:
+        header = request.headers.get("x-api-key")
+        if header is None:
+            scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+            header = credentials.strip() if scheme.lower() == "bearer" else ""
+        return header.encode("utf-8", "replace")
+
+    def authorize(request: Request, keys: list[bytes], model: str | None) -> None:
+        """Constant-time check against every key; 401 without saying what was wrong."""
+        if not keys:
+            return
+        presented = presented_key(request)
+        valid = False
+        for key in keys:  # no early exit: the time taken does not depend on which key matched
+            valid |= hmac.compare_digest(presented, key)
+        if not valid:
+            label = model if model in state.routes else metrics.UNKNOWN_MODEL
+            metrics.REJECTED.labels(label, "unauthorized").inc()
+            raise ApiError(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+
     def model_route(name: str) -> ModelRoute:
         route = state.routes.get(name)
         if route is None:
@@ -193,28 +217,46 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         raise ApiError(503, "the inference worker failed while handling this request; retry")
 
     async def submit(route: ModelRoute, request: Request, payload: dict[str, Any], timeout: float) -> Any:
+        """Admit, enqueue and wait for the answer until the deadline. A client that goes away
+        leaves a cancel marker so that the worker drops the request instead of computing it."""
         admit(route)
         uid = None
+        cancel: Path | None = None
+        disconnected = asyncio.ensure_future(wait_disconnect(request))
         try:
             uid, item = enqueue(route, request, payload["arrived"], payload)
-            try:
-                remaining = max(0.0, payload["deadline"] - time.monotonic())
-                data, status = await next_message(item, remaining)
-            except TimeoutError:
+            answer = asyncio.ensure_future(next_message(item, None))
+            remaining = max(0.0, payload["deadline"] - time.monotonic())
+            done, _ = await asyncio.wait(
+                {answer, disconnected}, timeout=remaining, return_when="FIRST_COMPLETED"
+            )
+            if disconnected in done and answer not in done:
+                cancel = state.spool_dir / f"{uid}.cancel"
+                cancel.touch()
+                # keep the admission until the worker drops it (or the deadline): it still holds a queue slot
+                await asyncio.wait({answer}, timeout=max(0.0, payload["deadline"] - time.monotonic()))
+                raise ApiError(499, "client closed the request")
+            if answer not in done:
+                answer.cancel()
                 metrics.REJECTED.labels(route.spec.name, "deadline").inc()
-                raise ApiError(504, f"no answer within the deadline of {timeout:g} s") from None
+                raise ApiError(504, f"no answer within the deadline of {timeout:g} s")
+            data, status = answer.result()
             if status == LitAPIStatus.ERROR:
                 raise_for(data)
             return data
         finally:
+            disconnected.cancel()
             if uid is not None:
                 state.server.response_buffer.pop(uid, None)
+            if cancel is not None:
+                remove_quietly(cancel)
             release(route)
 
     async def predict(request: Request, name: str) -> Response:
         started, arrived = time.perf_counter(), time.monotonic()
         code = 500
         try:
+            authorize(request, api_keys, name)
             route = model_route(name)
             timeout = state.deadline_seconds(request)
             data = await read_json(request, settings.max_body_bytes)
@@ -259,6 +301,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             observe(name, metrics.FILE_ENDPOINT, started, code)
 
         try:
+            authorize(request, api_keys, name)
             route = model_route(name)
             params = request.query_params
             fmt = await spool_upload(request, source, settings.max_file_bytes, params.get("format"))
@@ -321,11 +364,13 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         return await predict(request, name)
 
     @app.get("/v1/models", tags=["models"])
-    async def list_models() -> Response:
+    async def list_models(request: Request) -> Response:
+        authorize(request, api_keys, None)
         return json_response({"models": [describe(route) for route in state.routes.values()]})
 
     @app.get("/v1/models/{name}", tags=["models"])
-    async def get_model(name: str) -> Response:
+    async def get_model(request: Request, name: str) -> Response:
+        authorize(request, api_keys, name)
         return json_response(describe(model_route(name)))
 
     def describe(route: ModelRoute) -> dict[str, Any]:
@@ -357,7 +402,8 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         return json_response({"status": "ready", "models": models})
 
     @app.get("/metrics", tags=["metrics"])
-    async def scrape() -> Response:
+    async def scrape(request: Request) -> Response:
+        authorize(request, [metrics_key] if metrics_key else [], None)
         body = await asyncio.to_thread(metrics.render, state.readiness)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -406,6 +452,14 @@ class OwnedStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+async def wait_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _bind(

@@ -16,13 +16,14 @@ from types import FrameType
 from typing import Any
 
 import litserve as ls
+from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
 
 from service import metrics
 from service.repository import ModelRepository
 from service.routes import ModelRoute, ServiceState, register_routes, request_model_for
 from service.settings import ModelOverrides, Settings, cpu_count
-from service.uploads import clean_spool_dir
-from service.worker import ModelAPI, WorkerConfig, internal_path
+from service.uploads import clean_spool_dir, default_spool_dir
+from service.worker import ModelAPI, WorkerConfig, batch_ledger_path, internal_path, read_batch_ledger
 
 logger = logging.getLogger("service.server")
 
@@ -54,6 +55,7 @@ def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.Li
     total_workers = sum(o.workers or spec.workers for _, spec, o in plans)
     threads = torch_threads(settings, total_workers)
 
+    spool_dir = settings.spool_dir or default_spool_dir(settings.port)
     apis: list[ModelAPI] = []
     routes: dict[str, ModelRoute] = {}
     workers: dict[str, int] = {}
@@ -70,6 +72,7 @@ def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.Li
             batch_timeout=timeout,
             max_line_bytes=settings.max_line_bytes,
             metrics=settings.metrics,
+            spool_dir=spool_dir,
         )
         apis.append(ModelAPI(config))
         workers[internal_path(name)] = count
@@ -160,8 +163,12 @@ class Drain:
 
 
 class WorkerMonitor:
-    """Watches the inference workers from the launcher. A worker that dies while serving
-    stops the server with a non-zero status and a clear line (nothing hangs silently)."""
+    """Replaces LitServe's worker monitor. A worker that dies is replaced without restarting
+    the server; the requests it was computing (its batch ledger) get a 503 at once; readiness
+    shows the gap; ``inference_worker_restarts_total`` counts it. A worker that keeps failing
+    at start-up stops the server with a non-zero status and the cause, instead of looping."""
+
+    MAX_START_FAILURES = 3
 
     def __init__(
         self, server: ls.LitServer, state: ServiceState, drain: Drain, interval: float = 0.5
@@ -171,28 +178,72 @@ class WorkerMonitor:
         self.drain = drain
         self.interval = interval
         self.failure: str | None = None
+        self.start_failures: dict[tuple[str, int], int] = {}
+        self.slots: list[tuple[Any, str, int]] = []  # (lit_api, model, worker index) per process slot
+        for api in server.litapi_connector:
+            model = api.config.model
+            for index in range(len(server._inference_workers_config_for_api(api.api_path))):
+                self.slots.append((api, model, index))
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="worker-monitor", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            workers = self.server.__dict__.get("inference_workers") or []
-            event = self.server._shutdown_event
-            if self.state.shutting_down.value or event is None:
-                if self.state.shutting_down.value:
-                    return
+        try:
+            while not self.state.shutting_down.value:
+                time.sleep(self.interval)
+                self._check()
+        except Exception:  # the monitor must never die silently
+            logger.exception("worker monitor failed")
+
+    def _check(self) -> None:
+        workers = self.server.__dict__.get("inference_workers") or []
+        event = self.server._shutdown_event
+        if event is None or len(workers) != len(self.slots) or self.state.shutting_down.value:
+            return
+        status = dict(self.server.workers_setup_status.items())
+        if not self.drain.serving.is_set() and all(self.state.readiness().values()):
+            self.drain.serving.set()
+        for slot, process in enumerate(workers):
+            api, model, index = self.slots[slot]
+            key = f"{model}_{index}"
+            if status.get(key) == WorkerSetupStatus.READY:
+                self.start_failures.pop((model, index), None)
+            if process.exitcode is None and status.get(key) != WorkerSetupStatus.ERROR:
                 continue
-            if not self.drain.serving.is_set() and workers and all(self.state.readiness().values()):
-                self.drain.serving.set()
-            for process in workers:
-                if process.exitcode is not None:
-                    self.failure = f"inference worker pid {process.pid} exited with status {process.exitcode}"
-                    logger.error("%s; stopping the server", self.failure)
+            if process.exitcode is None:
+                process.join(timeout=5)
+            started = status.get(key) == WorkerSetupStatus.READY
+            cause = f"exit status {process.exitcode}" if started else "failed to start (see its error above)"
+            logger.error("model %s worker %d (pid %s) died: %s", model, index, process.pid, cause)
+            if process.pid is not None:
+                metrics.mark_process_dead(process.pid)
+            self._fail_in_flight(model, index)
+            if not started:
+                failures = self.start_failures.get((model, index), 0) + 1
+                self.start_failures[(model, index)] = failures
+                if failures >= self.MAX_START_FAILURES:
+                    self.failure = (
+                        f"model {model} worker {index} failed to start {failures} times in a row; giving up"
+                    )
+                    logger.error("%s", self.failure)
                     self.state.shutting_down.value = 1
                     event.set()
                     return
+            metrics.WORKER_RESTARTS.labels(model).inc()
+            workers[slot] = self.server.launch_single_inference_worker(api, index)
+            logger.info("model %s worker %d replaced (pid %s)", model, index, workers[slot].pid)
+
+    def _fail_in_flight(self, model: str, index: int) -> None:
+        ledger = batch_ledger_path(self.state.spool_dir, model, index)
+        error = {
+            "status": 503,
+            "error": f"the inference worker for {model!r} died while computing this request; retry",
+        }
+        for queue_id, uid in read_batch_ledger(ledger):
+            message = (uid, (error, LitAPIStatus.ERROR, LoopResponseType.STREAMING, index))
+            self.server._transport.send(message, consumer_id=queue_id)
+        ledger.unlink(missing_ok=True)
 
 
 def reap_children(timeout: float = 5.0) -> None:

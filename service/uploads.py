@@ -27,7 +27,7 @@ CONTENT_TYPES: dict[str, Format] = {
     "text/plain": "txt",
 }
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
-SPOOL_SUFFIXES = (".in", ".out")
+SPOOL_SUFFIXES = (".in", ".out", ".cancel", ".batch")
 
 
 def default_spool_dir(port: int) -> Path:

@@ -48,6 +48,8 @@ class WorkerConfig:
     batch_timeout: float
     max_line_bytes: int = 1 << 20
     metrics: bool = True
+    # where cancel markers (client gone) appear and this worker records the batch it is computing
+    spool_dir: Path | None = None
 
 
 def internal_path(model: str) -> str:
@@ -188,6 +190,10 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
         self.batch_size = metrics.BATCH_SIZE.labels(model)
         self.max_batch = lit_api.config.max_batch_size
         self.batch_timeout = lit_api.config.batch_timeout
+        self.spool_dir = lit_api.config.spool_dir
+        self.ledger = BatchLedger(
+            batch_ledger_path(self.spool_dir, model, worker_id) if self.spool_dir else None
+        )
         try:
             while True:
                 self._serve_once()
@@ -235,9 +241,13 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
                 # the API server has answered 504 already; the model never sees it
                 self._answer_error(response_queue_id, uid, 504, "deadline expired while queued")
                 continue
+            if self.spool_dir is not None and os.path.exists(self.spool_dir / f"{uid}.cancel"):
+                self._answer_error(response_queue_id, uid, 499, "client closed the request")
+                continue
             batch.append(Pending(response_queue_id, uid, arrived, deadline, payload["inputs"]))
         if not batch:
             return
+        self.ledger.record([(p.response_queue_id, p.uid) for p in batch])
         flat = [(p, x) for p in batch for x in p.inputs]
         try:
             for start in range(0, len(flat), self.max_batch):
@@ -253,21 +263,64 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
                 self._answer_error(
                     pending.response_queue_id, pending.uid, 500, f"model error: {type(exc).__name__}"
                 )
+            self.ledger.clear()
             return
         for pending in batch:
             self._send(pending.response_queue_id, pending.uid, pending.outputs, LitAPIStatus.OK)
+        self.ledger.clear()
 
     def _run_file(self, response_queue_id: int, uid: str, payload: dict[str, Any]) -> None:
         from service.filestream import stream_file
 
+        self.ledger.record([(response_queue_id, uid)])
         for message, status in stream_file(self, payload):
             self._send(response_queue_id, uid, message, status)
+        self.ledger.clear()
 
     def _send(self, response_queue_id: int, uid: str, data: Any, status: str) -> None:
         self.put_response(self.transport, response_queue_id, uid, data, status, LoopResponseType.STREAMING)
 
     def _answer_error(self, response_queue_id: int, uid: str, code: int, message: str) -> None:
         self._send(response_queue_id, uid, {"status": code, "error": message}, LitAPIStatus.ERROR)
+
+
+def batch_ledger_path(spool_dir: Path, model: str, worker: int) -> Path:
+    return spool_dir / f"worker-{model}-{worker}.batch"
+
+
+class BatchLedger:
+    """The requests this worker is computing, in a small file the launcher reads if the worker
+    dies, so that exactly those requests get a 503 at once instead of hanging (queued ones are
+    left for the replacement worker). Two syscalls per batch."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path is not None else None
+
+    def record(self, entries: list[tuple[int, str]]) -> None:
+        if self._fd is None:
+            return
+        data = "".join(f"{queue_id} {uid}\n" for queue_id, uid in entries).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def clear(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+
+
+def read_batch_ledger(path: Path) -> list[tuple[int, str]]:
+    """The (response queue id, uid) pairs a dead worker was computing."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read(1 << 20)
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        queue_id, _, uid = line.partition(" ")
+        if queue_id.isdigit() and uid:
+            entries.append((int(queue_id), uid))
+    return entries
 
 
 def _size(item: Any) -> int:

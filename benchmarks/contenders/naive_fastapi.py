@@ -21,13 +21,13 @@ from pydantic import BaseModel
 from service.repository import ModelRepository
 
 
+class PredictRequest(BaseModel):
+    inputs: list[str] | list[list[float]]
+
+
 def build_app(model_name: str, threads: int) -> FastAPI:
     torch.set_num_threads(threads)
     model = ModelRepository().get(model_name).load("cpu")
-
-    class PredictRequest(BaseModel):
-        inputs: list[str] | list[list[float]]
-
     app = FastAPI()
 
     @app.post("/predict")

@@ -7,6 +7,7 @@ No I/O beyond reading the weights, no HTTP.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,18 @@ class MLP(nn.Module):
 
 
 class ReferenceModel:
-    def __init__(self, module: MLP, device: str) -> None:
+    def __init__(self, module: MLP, device: str, delay: float = 0.0) -> None:
         self.module = module
         self.device = device
+        # simulated compute time per forward (model.yaml options.delay_seconds), for load tests
+        self.delay = delay
 
     def preprocess(self, inputs: Sequence[Sequence[float]]) -> torch.Tensor:
         return torch.tensor(inputs, dtype=torch.float32, device=self.device)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.delay:
+            time.sleep(self.delay)
         out: torch.Tensor = self.module(batch)
         return out
 
@@ -59,4 +64,4 @@ def load(spec: ModelSpec, weights: Path, device: str, **_: Any) -> ReferenceMode
     module = MLP(config)
     module.load_state_dict(load_file(str(weights), device="cpu"))
     module.to(device).eval()
-    return ReferenceModel(module, device)
+    return ReferenceModel(module, device, float(spec.options.get("delay_seconds", 0.0)))

@@ -1,0 +1,246 @@
+"""Server processes under test and what is measured on them from outside: the memory of every
+process in a contender's tree, and the CPU the tree uses while idle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerUnderTest:
+    """A server command in its own session on a free loopback port; ``with`` stops it and every child.
+
+    ``ready_path`` is polled until it answers 200; ``stop_signal`` is what asks it to stop
+    (LitServe stops cleanly on SIGINT only), and the whole process group is killed afterwards.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        stop_signal: int = signal.SIGINT,
+        ready_timeout: float = 180.0,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [arg.replace("{port}", str(self.port)) for arg in command]
+        self.ready_path = ready_path
+        self.stop_signal = stop_signal
+        self.ready_timeout = ready_timeout
+        self.metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+            "SERVICE_PORT": str(self.port),
+            **(env or {}),
+        }
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_s = float("nan")
+
+    def __enter__(self) -> ServerUnderTest:
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.ready_timeout
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.command} exited with {self.process.returncode}:\n{self.output()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(self.ready_path).status_code == 200:
+                        return
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.command} not ready after {self.ready_timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        with open(self.log.name, encoding="utf-8", errors="replace") as handle:
+            return handle.read()[-4000:]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.log.close()
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def high_water_rss(process: psutil.Process) -> int:
+    """The kernel's RSS high-water mark of a process (VmHWM), in bytes; 0 when unreadable."""
+    try:
+        with open(f"/proc/{process.pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def role(process: psutil.Process, root: int, port: int) -> str:
+    """What a process of a contender's tree is, from its command line and sockets."""
+    try:
+        cmdline = " ".join(process.cmdline())
+        if "resource_tracker" in cmdline:
+            return "resource tracker"
+        if "spawn_main" in cmdline:
+            return "inference worker"
+        if process.pid == root:
+            return "main"
+        listening = any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in process.net_connections(kind="tcp")
+        )
+        return "api server" if listening else "manager"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+
+
+class TreeSampler:
+    """Samples the RSS of every process under ``pid`` from a thread; keeps each one's peak."""
+
+    def __init__(self, pid: int, port: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.port = port
+        self.interval = interval
+        self.peaks: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.roles: dict[int, str] = {}
+        self.high_water: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def sample(self) -> None:
+        for process in tree(self.pid):
+            try:
+                rss = process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            if process.pid not in self.roles:
+                self.roles[process.pid] = role(process, self.pid, self.port)
+            self.last[process.pid] = rss
+            self.peaks[process.pid] = max(rss, self.peaks.get(process.pid, 0))
+            self.high_water[process.pid] = max(high_water_rss(process), self.high_water.get(process.pid, 0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "pid": pid,
+                "role": self.roles.get(pid, "?"),
+                "peak_rss": peak,
+                "high_water_rss": self.high_water.get(pid, 0),
+                "last_rss": self.last.get(pid, 0),
+            }
+            for pid, peak in sorted(self.peaks.items())
+        ]
+
+
+def idle_cpu_percent(pid: int, seconds: float) -> float:
+    """CPU used by the tree under ``pid`` over ``seconds`` of no traffic, in % of one core."""
+
+    def times() -> dict[int, float]:
+        found = {}
+        for process in tree(pid):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cpu = process.cpu_times()
+                found[process.pid] = cpu.user + cpu.system
+        return found
+
+    before, started = times(), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = times(), time.monotonic() - started
+    used = sum(total - before.get(p, 0.0) for p, total in after.items())
+    return 100.0 * used / elapsed
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def service_command(model: str) -> tuple[list[str], dict[str, str]]:
+    """``python -m service serve`` with its real configuration, serving one model."""
+    return python_module("service", "serve"), {"SERVICE_SERVE": json.dumps([model])}

@@ -1,0 +1,466 @@
+"""Runs every contender in turn on this machine and writes JSON, Markdown and plots.
+
+    python -m benchmarks.run [--quick] [--out benchmarks/results]
+
+Contenders, per model: the in-process limit (the forward alone), a naive FastAPI server,
+bare LitServe, and this service with its real configuration. The load generator runs as a
+separate process on loopback (``benchmarks.loadgen``). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.processes import (
+    ROOT,
+    ServerUnderTest,
+    TreeSampler,
+    idle_cpu_percent,
+    python_module,
+    service_command,
+)
+
+CONTENDERS = ("limit", "naive", "bare", "service")
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often to measure; ``quick`` is a smoke run of a couple of minutes."""
+
+    models: tuple[str, ...] = ("minilm", "reference")
+    concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    reps: int = 3  # loadgen runs per point: medians and spread
+    duration: float = 4.0  # measured seconds per run
+    warmup: float = 1.0  # seconds of load before each measured window
+    idle: float = 10.0  # seconds of no traffic for the idle CPU measurement
+    limit_duration: float = 2.0  # seconds per in-process repetition
+    grad_batches: tuple[int, ...] = (1, 8, 32)
+    grad_duration: float = 2.0
+    ceiling_concurrencies: tuple[int, ...] = (1, 64)
+    ceiling_duration: float = 3.0
+    plots: bool = True
+    quick: bool = False
+
+
+QUICK = Plan(
+    models=("reference",),
+    concurrencies=(1, 8),
+    reps=1,
+    duration=3.0,
+    warmup=0.5,
+    idle=2.0,
+    limit_duration=1.0,
+    grad_batches=(1,),
+    grad_duration=0.5,
+    ceiling_concurrencies=(8,),
+    ceiling_duration=2.0,
+    quick=True,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_json(command: list[str], timeout: float) -> dict[str, Any]:
+    """Run a benchmark subprocess and parse the JSON it prints on its last stdout line."""
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:])} exited with {done.returncode}: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def loadgen(url: str, model: str, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+    command = python_module(
+        "benchmarks.loadgen",
+        f"--url={url}",
+        f"--model={model}",
+        f"--concurrency={concurrency}",
+        f"--duration={duration}",
+        f"--warmup={warmup}",
+    )
+    return run_json(command, timeout=duration + warmup + 90)
+
+
+def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and spread over repetitions of one point."""
+    ok = [r for r in reps if "error" not in r and r.get("requests", 0) > 0]
+    if not ok:
+        return {"errors": sum(r.get("errors", 0) for r in reps) or len(reps), "failed": True}
+    throughput = [r["throughput_rps"] for r in ok]
+    p50 = [r["latency_ms"]["p50"] for r in ok]
+    return {
+        "throughput_rps": statistics.median(throughput),
+        "throughput_min": min(throughput),
+        "throughput_max": max(throughput),
+        "p50_ms": statistics.median(p50),
+        "p50_min": min(p50),
+        "p50_max": max(p50),
+        "p95_ms": statistics.median(r["latency_ms"]["p95"] for r in ok),
+        "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in ok),
+        "errors": sum(r.get("errors", 0) for r in reps),
+        "loadgen_cpu_percent": statistics.median(r.get("loadgen_cpu_percent", 0.0) for r in ok),
+        "reps": len(ok),
+    }
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    threads: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+    # -- the load generator's own ceiling -------------------------------------------------
+    def ceiling(self) -> list[dict[str, Any]]:
+        rows = []
+        command = python_module("benchmarks.contenders.hello", "--port", "{port}")
+        with ServerUnderTest(command, "/") as hello:
+            for concurrency in self.plan.ceiling_concurrencies:
+                result = loadgen(f"{hello.url}/", "none", concurrency, self.plan.ceiling_duration, 0.5)
+                rows.append({"target": "hello (asyncio)", "tool": "benchmarks.loadgen", **result})
+                log(f"ceiling c={concurrency}: {result['throughput_rps']:.0f} req/s")
+            wrk = shutil.which("wrk")
+            if wrk is not None:
+                rows.append(self._wrk(wrk, hello.url, max(self.plan.ceiling_concurrencies)))
+        return rows
+
+    def _wrk(self, wrk: str, url: str, concurrency: int) -> dict[str, Any]:
+        seconds = max(1, int(self.plan.ceiling_duration))
+        done = subprocess.run(
+            [wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", f"{url}/"], capture_output=True, text=True
+        )
+        rps = next(
+            (float(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("Requests/sec:")),
+            float("nan"),
+        )
+        return {
+            "target": "hello (asyncio)",
+            "tool": "wrk (reference)",
+            "concurrency": concurrency,
+            "throughput_rps": rps,
+        }
+
+    # -- contenders ------------------------------------------------------------------------
+    def limit(self, model: str, max_batch: int) -> dict[str, Any]:
+        batches = sorted({min(c, max_batch) for c in self.plan.concurrencies})
+        result = run_json(
+            python_module(
+                "benchmarks.inprocess",
+                "limit",
+                f"--model={model}",
+                f"--threads={self.threads}",
+                f"--batches={','.join(map(str, batches))}",
+                f"--duration={self.plan.limit_duration}",
+                f"--reps={self.plan.reps}",
+            ),
+            timeout=600,
+        )
+        by_batch = {point["batch"]: point["reps"] for point in result["points"]}
+        points = []
+        for concurrency in self.plan.concurrencies:
+            batch = min(concurrency, max_batch)
+            points.append(
+                {
+                    "concurrency": concurrency,
+                    "batch": batch,
+                    "runs": by_batch[batch],
+                    **summarise(by_batch[batch]),
+                }
+            )
+        return {
+            "points": points,
+            "processes": [
+                {
+                    "pid": 0,
+                    "role": "benchmark process",
+                    "peak_rss": result["peak_rss"],
+                    "high_water_rss": result["peak_rss"],
+                }
+            ],
+            "idle_cpu_percent": None,
+            "startup_s": None,
+        }
+
+    def server(
+        self, command: list[str], env: dict[str, str], ready_path: str, path: str, model: str
+    ) -> dict[str, Any]:
+        plan = self.plan
+        with ServerUnderTest(command, ready_path, env=env) as server:
+            url = server.url + path
+            with TreeSampler(server.pid, server.port) as sampler:
+                warm = loadgen(url, model, 8, 1.0, 0.0)  # first requests: lazy imports, shapes
+                idle = idle_cpu_percent(server.pid, plan.idle)
+                points = []
+                for concurrency in plan.concurrencies:
+                    runs = []
+                    for _ in range(plan.reps):
+                        try:
+                            runs.append(loadgen(url, model, concurrency, plan.duration, plan.warmup))
+                        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                            runs.append({"error": str(exc)[-500:], "errors": 1})
+                    point = {"concurrency": concurrency, "runs": runs, **summarise(runs)}
+                    points.append(point)
+                    log(
+                        f"  c={concurrency}: {point.get('throughput_rps') or 0:.0f} req/s, p50 {point.get('p50_ms') or 0:.2f} ms, errors {point['errors']}"
+                    )
+            extra = {}
+            if path.startswith("/v1/"):
+                extra["health_live"] = loadgen(server.url + "/health/live", "none", 32, 2.0, 0.5)
+            startup = server.startup_s
+        return {
+            "points": points,
+            "warmup_errors": warm["errors"],
+            "processes": sampler.report(),
+            "idle_cpu_percent": idle,
+            "startup_s": startup,
+            **extra,
+        }
+
+    def contender(self, name: str, model: str, max_batch: int) -> dict[str, Any]:
+        threads = str(self.threads)
+        if name == "limit":
+            return self.limit(model, max_batch)
+        if name == "naive":
+            command = python_module(
+                "benchmarks.contenders.naive_fastapi",
+                f"--model={model}",
+                "--port={port}",
+                f"--threads={threads}",
+            )
+            return self.server(command, {}, "/health", "/predict", model)
+        if name == "bare":
+            command = python_module(
+                "benchmarks.contenders.bare_litserve",
+                f"--model={model}",
+                "--port={port}",
+                f"--threads={threads}",
+            )
+            return self.server(command, {}, "/health", "/predict", model)
+        command, env = service_command(model)
+        return self.server(command, env, "/health/ready", f"/v1/models/{model}/predict", model)
+
+    def bare_memory(self, model: str) -> dict[str, Any]:
+        return run_json(
+            python_module(
+                "benchmarks.inprocess", "bare-memory", f"--model={model}", f"--threads={self.threads}"
+            ),
+            300,
+        )
+
+    def grad_study(self) -> list[dict[str, Any]]:
+        rows = []
+        for batch in self.plan.grad_batches:
+            for mode in ("grad", "no_grad", "inference_mode"):
+                rows.append(
+                    run_json(
+                        python_module(
+                            "benchmarks.inprocess",
+                            "grad",
+                            "--model=minilm",
+                            f"--mode={mode}",
+                            f"--batch={batch}",
+                            f"--threads={self.threads}",
+                            f"--duration={self.plan.grad_duration}",
+                        ),
+                        300,
+                    )
+                )
+                log(f"grad study batch {batch} {mode}: p50 {rows[-1]['latency_ms']['p50']:.1f} ms")
+        return rows
+
+    # -- the whole run ---------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from service.repository import ModelRepository
+
+        started = time.monotonic()
+        repository = ModelRepository()
+        self.results = {"meta": self.meta(), "models": {}}
+        log("load generator ceiling")
+        self.results["loadgen_ceiling"] = self.ceiling()
+        for model in self.plan.models:
+            spec = repository.get(model).spec
+            entry: dict[str, Any] = {
+                "max_batch_size": spec.max_batch_size,
+                "batch_timeout": spec.batch_timeout,
+                "contenders": {},
+            }
+            self.results["models"][model] = entry
+            for name in CONTENDERS:
+                log(f"{model}: {name}")
+                try:
+                    entry["contenders"][name] = self.contender(name, model, spec.max_batch_size)
+                except (RuntimeError, TimeoutError, subprocess.TimeoutExpired, OSError) as exc:
+                    log(f"{model}: {name} failed: {exc}")
+                    entry["contenders"][name] = {"failed": str(exc)[-2000:], "points": []}
+            log(f"{model}: bare process memory")
+            entry["bare_memory"] = self.bare_memory(model)
+        log("grad-mode study (minilm)")
+        self.results["grad_study"] = self.grad_study()
+        self.results["targets"] = evaluate_targets(self.results)
+        self.results["meta"]["total_s"] = time.monotonic() - started
+        return self.results
+
+    def meta(self) -> dict[str, Any]:
+        import litserve
+        import psutil
+        import torch
+
+        return {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+            "load_average": os.getloadavg(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "litserve": litserve.__version__,
+            "torch_threads": self.threads,
+            "plan": asdict(self.plan),
+        }
+
+
+# -- targets -------------------------------------------------------------------------------
+def _point(results: dict[str, Any], model: str, contender: str, concurrency: int) -> dict[str, Any] | None:
+    found = results["models"].get(model, {}).get("contenders", {}).get(contender, {})
+    for point in found.get("points", []):
+        if point["concurrency"] == concurrency and not point.get("failed"):
+            return dict(point)
+    return None
+
+
+def _workers(results: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    service = results["models"][model]["contenders"].get("service", {})
+    return [p for p in service.get("processes", []) if p["role"] == "inference worker"]
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each measured side by side in this run; ``met`` is None when not measured."""
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, measure: Callable[[], tuple[float, float, str]] | None) -> None:
+        try:
+            value, threshold, detail = measure() if measure else (float("nan"), float("nan"), "")
+        except (TypeError, KeyError, ZeroDivisionError, IndexError):
+            value, threshold, detail = float("nan"), float("nan"), "not measured in this run"
+        met = (
+            None
+            if value != value
+            else value <= threshold
+            if name.startswith(("reference", "idle", "per-worker"))
+            else value >= threshold
+        )
+        targets.append({"target": name, "value": value, "threshold": threshold, "met": met, "detail": detail})
+
+    def vs_limit() -> tuple[float, float, str]:
+        service = _point(results, "minilm", "service", 32)
+        limit = _point(results, "minilm", "limit", 32)
+        assert service and limit
+        ratio = service["throughput_rps"] / limit["throughput_rps"]
+        return (
+            ratio,
+            0.9,
+            f"{service['throughput_rps']:.0f} vs {limit['throughput_rps']:.0f} inputs/s (forward at batch 32)",
+        )
+
+    def vs_naive() -> tuple[float, float, str]:
+        service = _point(results, "minilm", "service", 32)
+        naive = _point(results, "minilm", "naive", 32)
+        assert service and naive
+        ratio = service["throughput_rps"] / naive["throughput_rps"]
+        return ratio, 2.0, f"{service['throughput_rps']:.0f} vs {naive['throughput_rps']:.0f} req/s"
+
+    def latency() -> tuple[float, float, str]:
+        service = _point(results, "reference", "service", 1)
+        naive = _point(results, "reference", "naive", 1)
+        assert service and naive
+        ratio = service["p50_ms"] / naive["p50_ms"]
+        return ratio, 1.5, f"p50 {service['p50_ms']:.2f} ms vs {naive['p50_ms']:.2f} ms"
+
+    add(
+        "minilm c=32: service throughput / in-process limit ≥ 0.9",
+        vs_limit if "minilm" in results["models"] else None,
+    )
+    add(
+        "minilm c=32: service throughput / naive FastAPI ≥ 2",
+        vs_naive if "minilm" in results["models"] else None,
+    )
+    add(
+        "reference c=1: service p50 / naive FastAPI p50 ≤ 1.5",
+        latency if "reference" in results["models"] else None,
+    )
+    for model, entry in results["models"].items():
+        service = entry["contenders"].get("service", {})
+
+        def idle(service: dict[str, Any] = service) -> tuple[float, float, str]:
+            return float(service["idle_cpu_percent"]), 2.0, "% of one core, whole process tree"
+
+        def memory(model: str = model, entry: dict[str, Any] = entry) -> tuple[float, float, str]:
+            workers = _workers(results, model)
+            bare = entry["bare_memory"]["peak_rss_after_max_batch_forward"]
+            worst = max(w["high_water_rss"] or w["peak_rss"] for w in workers)
+            return (
+                worst / bare,
+                1.2,
+                f"worker high-water {worst / 2**20:.0f} MiB vs bare process {bare / 2**20:.0f} MiB",
+            )
+
+        add(f"idle CPU of the service ({model}) ≤ 2% of one core", idle)
+        add(f"per-worker RSS ({model}) ≤ 1.2 × bare process", memory)
+    return targets
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: reference model only, short runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results (created)")
+    parser.add_argument("--no-plots", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from service.settings import cpu_count
+
+    plan = QUICK if args.quick else Plan()
+    if args.no_plots:
+        plan = Plan(**{**asdict(plan), "plots": False})
+    # the service gives its single worker every core (torch_threads: 0 = cores / workers); so do the others
+    bench = Bench(plan, threads=max(1, cpu_count()))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop servers on the way out
+    results = bench.run()
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = report.write(results, args.out, plots=plan.plots)
+    for target in results["targets"]:
+        state = {True: "MET", False: "NOT MET", None: "not measured"}[target["met"]]
+        print(f"{state:>12}  {target['target']}: {target['value']:.3g} ({target['detail']})")
+    print(f"total {results['meta']['total_s']:.0f} s; wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
