@@ -87,6 +87,7 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "batch": size,
                     "forwards": turn,
+                    "requests": turn * size,
                     "throughput_rps": turn * size / elapsed,  # inputs per second
                     "latency_ms": {
                         "p50": percentile(latencies, 0.5),

@@ -125,7 +125,7 @@ def markdown(results: dict[str, Any]) -> str:
     if grad:
         lines += [
             "",
-            "## Grad mode (minilm, in-process, one fresh process per row)",
+            f"## Grad mode ({grad[0]['model']}, in-process, one fresh process per row)",
             "",
             "Forward only (tokenising excluded). Peak RSS growth = rise of the process's RSS high-water mark "
             "(ru_maxrss) over the forwards, from just after loading.",
@@ -247,7 +247,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             right.bar(x, [rows[b]["peak_rss_growth"] / MiB for b in batches], width, label=mode)
         for axis, title in ((left, "forward p50, ms"), (right, "peak RSS growth, MiB")):
             axis.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-            axis.set_title(f"minilm grad modes: {title}")
+            axis.set_title(f"{grad[0]['model']} grad modes: {title}")
             axis.legend(fontsize=8)
         figure.tight_layout()
         path = out / "grad_modes.png"

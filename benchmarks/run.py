@@ -49,6 +49,7 @@ class Plan:
     warmup: float = 1.0  # seconds of load before each measured window
     idle: float = 10.0  # seconds of no traffic for the idle CPU measurement
     limit_duration: float = 2.0  # seconds per in-process repetition
+    grad_model: str = "minilm"
     grad_batches: tuple[int, ...] = (1, 8, 32)
     grad_duration: float = 2.0
     ceiling_concurrencies: tuple[int, ...] = (1, 64)
@@ -65,6 +66,7 @@ QUICK = Plan(
     warmup=0.5,
     idle=2.0,
     limit_duration=1.0,
+    grad_model="reference",  # loads in a fraction of a second: the smoke run only exercises the code
     grad_batches=(1,),
     grad_duration=0.5,
     ceiling_concurrencies=(8,),
@@ -279,7 +281,7 @@ class Bench:
                         python_module(
                             "benchmarks.inprocess",
                             "grad",
-                            "--model=minilm",
+                            f"--model={self.plan.grad_model}",
                             f"--mode={mode}",
                             f"--batch={batch}",
                             f"--threads={self.threads}",
@@ -317,7 +319,7 @@ class Bench:
                     entry["contenders"][name] = {"failed": str(exc)[-2000:], "points": []}
             log(f"{model}: bare process memory")
             entry["bare_memory"] = self.bare_memory(model)
-        log("grad-mode study (minilm)")
+        log(f"grad-mode study ({self.plan.grad_model})")
         self.results["grad_study"] = self.grad_study()
         self.results["targets"] = evaluate_targets(self.results)
         self.results["meta"]["total_s"] = time.monotonic() - started

@@ -31,11 +31,12 @@ from service.errors import ApiError, describe_validation, install_error_handlers
 from service.readers import FormatError, check_format
 from service.repository import ModelSpec
 from service.settings import Settings
-from service.uploads import default_spool_dir, remove_quietly, spool_upload
+from service.uploads import body_chunks, default_spool_dir, remove_quietly, spool_upload
 from service.worker import internal_path
 
 JSON_TYPES = ("application/json",)
 TIMEOUT_HEADER = "x-request-timeout"
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 def request_model_for(spec: ModelSpec) -> type[BaseModel]:
@@ -45,7 +46,11 @@ def request_model_for(spec: ModelSpec) -> type[BaseModel]:
     if limits.kind == "text":
         item = Annotated[StrictStr, Field(max_length=limits.max_length)]
     else:
-        number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+        # within float32: past it a value becomes inf in the model (and outputs NaN); it also keeps
+        # huge JSON integers from overflowing float conversion inside pydantic (OverflowError)
+        number = Annotated[
+            StrictFloat | StrictInt, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+        ]
         item = Annotated[list[number], Field(min_length=limits.dim, max_length=limits.dim)]
 
     class PredictRequest(BaseModel):
@@ -114,7 +119,7 @@ async def read_json(request: Request, limit: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")

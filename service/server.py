@@ -9,6 +9,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -293,7 +294,12 @@ def serve(settings: Settings) -> int:
     except KeyboardInterrupt:
         logger.info("stopped")
     except RuntimeError as exc:
+        state.shutting_down.value = 1
         logger.error("%s", exc)
+        print(
+            f"service: error: an inference worker failed to start ({exc}); its error is logged above",
+            file=sys.stderr,
+        )
         return 1
     finally:
         reap_children()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ApiError
 from service.readers import FORMATS, Format
@@ -49,6 +50,15 @@ def remove_quietly(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk; a client that goes away mid-body is a 499, not a 500."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ApiError(499, "client closed the request before sending the whole body") from None
 
 
 class _Part:
@@ -88,7 +98,7 @@ async def spool_upload(request: Request, target: Path, limit: int, requested: st
         )
     written = 0
     with open(target, "wb") as out:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request):
             written += len(chunk)
             if written > limit:
                 raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
@@ -149,7 +159,7 @@ async def _spool_multipart(
             },
         )
         try:
-            async for chunk in request.stream():
+            async for chunk in body_chunks(request):
                 parser.write(chunk)
             parser.finalize()
         except ApiError:

@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
-    uvicorn.run(build_app(args.model, args.threads), host="127.0.0.1", port=args.port, log_level="warning")
+    # uvicorn defaults (access log on), as the service and bare LitServe run
+    uvicorn.run(build_app(args.model, args.threads), host="127.0.0.1", port=args.port)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,292 @@
+"""Overload, deadlines, drain on SIGTERM/SIGINT, dead workers, start-up failures, API keys."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from service.repository import DEFAULT_REPOSITORY
+from tests.support import ROOT, ServerProcess
+
+VECTOR = {"inputs": [[0.25] * 16]}
+
+
+def slow_repository(tmp_path: Path, delay: float, extra: str = "") -> Path:
+    """A copy of the reference model whose forward takes ``delay`` seconds."""
+    root = tmp_path / "repo"
+    shutil.copytree(
+        DEFAULT_REPOSITORY / "reference", root / "reference", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    declaration = root / "reference" / "model.yaml"
+    text = declaration.read_text().replace("max_queue_size: 512", "max_queue_size: 4")
+    declaration.write_text(text + f"options:\n  delay_seconds: {delay}\n{extra}")
+    return root
+
+
+def slow_server(tmp_path: Path, delay: float, **env: str) -> ServerProcess:
+    return ServerProcess(
+        serve=["reference"],
+        env={
+            "SERVICE_REPOSITORY": str(slow_repository(tmp_path, delay)),
+            "SERVICE_SPOOL_DIR": str(tmp_path / "spool"),
+            **env,
+        },
+    )
+
+
+def post(url: str, body: object = VECTOR, timeout: float = 30.0, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/reference/predict", json=body, headers=headers, timeout=timeout)
+
+
+def scrape_value(server: ServerProcess, prefix: str) -> float:
+    for line in server.client.get("/metrics").text.splitlines():
+        if line.startswith(prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{prefix} not scraped")
+
+
+def wait_in_flight(server: ServerProcess, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while scrape_value(server, 'inference_in_flight_requests{model="reference"}') < count:
+        assert time.monotonic() < deadline, f"never saw {count} requests in flight"
+        time.sleep(0.02)
+
+
+def test_full_queue_answers_503_at_once_with_retry_after(tmp_path: Path) -> None:
+    with slow_server(tmp_path, delay=0.5, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            futures = [pool.submit(post, server.url) for _ in range(12)]
+            wait_in_flight(server, 4)
+            time.sleep(0.2)
+            started = time.monotonic()
+            rejected = post(server.url)
+            assert time.monotonic() - started < 0.5
+            responses = [f.result() for f in futures]
+        assert rejected.status_code == 503
+        assert rejected.headers["retry-after"] == "1"
+        assert "queued" in rejected.json()["error"]
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) == 4 and set(codes) <= {200, 503}
+        assert (
+            scrape_value(server, 'inference_rejected_requests_total{model="reference",reason="queue_full"}')
+            == 9
+        )
+
+
+def test_deadline_covers_queue_and_compute(tmp_path: Path) -> None:
+    with slow_server(tmp_path, delay=1.0) as server:
+        started = time.monotonic()
+        response = post(server.url, **{"X-Request-Timeout": "0.4"})
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504 and "deadline" in response.json()["error"]
+        assert 0.4 <= elapsed < 0.9
+        # a queued request whose deadline passed is dropped before it reaches the model
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            first = pool.submit(post, server.url)
+            time.sleep(0.1)
+            doomed = pool.submit(post, server.url, VECTOR, 30.0, **{"X-Request-Timeout": "0.3"})
+            assert doomed.result().status_code == 504
+            assert first.result().status_code == 200
+        time.sleep(1.2)
+        assert post(server.url).status_code == 200
+        batches = scrape_value(server, 'inference_batch_size_count{model="reference"}')
+        assert batches == 3  # the first 504, the first request and the last one: never the dropped one
+        assert (
+            scrape_value(server, 'inference_rejected_requests_total{model="reference",reason="deadline"}')
+            == 2
+        )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_in_flight_requests_then_exits_0(tmp_path: Path, signum: int) -> None:
+    server = slow_server(tmp_path, delay=1.0, SERVICE_SHUTDOWN_GRACE="20")
+    with server:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            in_flight = [pool.submit(post, server.url) for _ in range(3)]
+            wait_in_flight(server, 3)
+            server.signal(signum)
+            time.sleep(0.2)
+            assert server.client.get("/health/ready").status_code == 503
+            refused = post(server.url)
+            assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+            results = [f.result() for f in in_flight]
+        assert [r.status_code for r in results] == [200, 200, 200], [r.text for r in results]
+        assert server.process is not None
+        assert server.process.wait(timeout=15) == 0
+        deadline = time.monotonic() + 5
+        while server.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.group_alive() == []
+
+
+def test_killed_worker_fails_its_batch_fast_and_is_replaced(tmp_path: Path) -> None:
+    with slow_server(tmp_path, delay=2.0, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            computing = pool.submit(post, server.url)
+            time.sleep(0.5)
+            queued = pool.submit(post, server.url)
+            time.sleep(0.3)
+            workers = [
+                p
+                for p in psutil.Process(server.pids()[0]).children(recursive=True)
+                if "spawn_main" in " ".join(p.cmdline())
+            ]
+            assert len(workers) == 1
+            killed_at = time.monotonic()
+            workers[0].kill()
+            failed = computing.result()
+            assert failed.status_code == 503 and "died" in failed.json()["error"]
+            assert time.monotonic() - killed_at < 3
+            assert server.client.get("/health/ready").status_code == 503  # the gap shows
+            assert queued.result().status_code == 200  # not lost: served by the replacement
+        assert server.client.get("/health/ready").status_code == 200
+        assert scrape_value(server, 'inference_worker_restarts_total{model="reference"}') == 1
+        assert post(server.url).status_code == 200
+        assert server.process is not None and server.process.poll() is None
+
+
+def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None:
+    with slow_server(tmp_path, delay=0.8, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            busy = pool.submit(post, server.url)
+            time.sleep(0.2)
+            body = b'{"inputs": [[' + b",".join([b"0.5"] * 16) + b"]]}"
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(
+                    b"POST /v1/models/reference/predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                    b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                time.sleep(0.2)
+            assert busy.result().status_code == 200
+        time.sleep(1.0)
+        assert scrape_value(server, 'inference_batch_size_count{model="reference"}') == 1
+        assert (
+            scrape_value(
+                server,
+                'inference_requests_total{code="499",endpoint="/v1/models/{name}/predict",model="reference"}',
+            )
+            == 1
+        )
+        assert list((tmp_path / "spool").glob("*.cancel")) == []
+
+
+def failing_repository(tmp_path: Path, delay: float = 0.0) -> Path:
+    root = tmp_path / "failrepo"
+    shutil.copytree(
+        DEFAULT_REPOSITORY / "reference", root / "broken", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    declaration = root / "broken" / "model.yaml"
+    declaration.write_text(declaration.read_text().replace("name: reference", "name: broken"))
+    code = root / "broken" / "model.py"
+    code.write_text(
+        code.read_text()
+        + f"\n\ndef load(*args, **kwargs):\n    time.sleep({delay})\n    raise RuntimeError('cannot build the model')\n"
+    )
+    shutil.copytree(
+        DEFAULT_REPOSITORY / "reference", root / "reference", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return root
+
+
+def run_serve(env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env={**os.environ, "SERVICE_PORT": str(ServerProcess().port), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_worker_that_keeps_dying_at_start_up_stops_the_server(tmp_path: Path) -> None:
+    result = run_serve(
+        {"SERVICE_REPOSITORY": str(failing_repository(tmp_path)), "SERVICE_SERVE": '["broken"]'}
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "cannot build the model" in output
+    assert "service: error: an inference worker failed to start" in result.stderr
+
+
+def test_crash_loop_of_one_model_stops_the_server(tmp_path: Path) -> None:
+    # "broken" fails after "reference" is ready, so the server is up and its monitor retries
+    result = run_serve(
+        {
+            "SERVICE_REPOSITORY": str(failing_repository(tmp_path, delay=1.5)),
+            "SERVICE_SERVE": '["reference", "broken"]',
+        }
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "model broken worker 0 failed to start 3 times in a row" in output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("checksum", "checksum mismatch"),
+        ("missing", "is missing"),
+        ("config", "invalid declaration"),
+    ],
+)
+def test_start_up_failures_exit_non_zero_with_one_line_before_binding(
+    tmp_path: Path, edit: str, message: str
+) -> None:
+    root = slow_repository(tmp_path, 0.0)
+    weights = root / "reference" / "weights.safetensors"
+    if edit == "checksum":
+        weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    elif edit == "missing":
+        weights.unlink()
+    else:
+        (root / "reference" / "model.yaml").write_text("name: reference\nversion: 1\n")
+    port = ServerProcess().port
+    result = run_serve(
+        {"SERVICE_REPOSITORY": str(root), "SERVICE_SERVE": '["reference"]', "SERVICE_PORT": str(port)}
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert "Uvicorn running" not in result.stdout + result.stderr
+
+
+def test_api_keys(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# one key per line\nfile-key\n")
+    env = {
+        "SERVICE_API_KEYS": '["config-key"]',
+        "SERVICE_API_KEYS_FILE": str(keys),
+        "SERVICE_METRICS_API_KEY": "scrape",
+    }
+    with ServerProcess(serve=["reference"], env=env) as server:
+        missing = post(server.url)
+        assert missing.status_code == 401 and missing.json() == {"error": "missing or invalid API key"}
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert post(server.url, **{"X-API-Key": "wrong"}).json() == missing.json()
+        assert post(server.url, **{"Authorization": "Bearer wrong"}).status_code == 401
+        assert post(server.url, **{"X-API-Key": "config-key"}).status_code == 200
+        assert post(server.url, **{"Authorization": "Bearer file-key"}).status_code == 200
+        assert server.client.get("/v1/models").status_code == 401
+        assert server.client.get("/v1/models", headers={"X-API-Key": "file-key"}).status_code == 200
+        assert server.client.get("/health/live").status_code == 200
+        assert server.client.get("/health/ready").status_code == 200
+        assert server.client.get("/metrics").status_code == 401
+        scraped = server.client.get("/metrics", headers={"Authorization": "Bearer scrape"})
+        assert scraped.status_code == 200
+        assert (
+            'inference_rejected_requests_total{model="reference",reason="unauthorized"} 3.0' in scraped.text
+        )
+        assert "config-key" not in server.output() and "file-key" not in server.output()

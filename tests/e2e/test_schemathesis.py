@@ -1,0 +1,83 @@
+"""Schemathesis against the service's own OpenAPI document, for every operation: no 5xx, and
+every answer (status, content type, body) is one the document declares.
+
+schemathesis's lazy pytest loader (``schemathesis.pytest.from_fixture``) does not run under this
+pytest, so each operation's strategy is driven with Hypothesis directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.support import ServerProcess
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+SERVED = ("minilm", "reference")
+MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+EXAMPLES = 25
+
+
+def run_operation(operation: Any, mode: schemathesis.GenerationMode, path_parameters: dict[str, str]) -> None:
+    strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters or None)
+
+    @given(case=strategy)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(checks=CHECKS, timeout=30)
+
+    check()
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "\n".join([str(exc), *(describe(inner) for inner in exc.exceptions)])
+    return f"{type(exc).__name__}: {exc}"
+
+
+def test_every_operation_conforms_to_the_openapi_document(server: ServerProcess) -> None:
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", timeout=30)
+    failures: list[str] = []
+    tested = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        has_name = any(parameter.name == "name" for parameter in operation.path_parameters)
+        # generated names are almost never served ones: run each such operation against every model too
+        variants = [{}, *({"name": name} for name in SERVED)] if has_name else [{}]
+        for mode in MODES:
+            for path_parameters in variants:
+                label = f"{operation.label} {mode.value} {path_parameters or ''}"
+                try:
+                    run_operation(operation, mode, path_parameters)
+                except Unsatisfiable:
+                    continue  # e.g. no negative data for an operation without parameters or body
+                except (Exception, BaseExceptionGroup) as exc:  # report every failing operation
+                    failures.append(f"{label}:\n{describe(exc)}")
+                tested += 1
+    assert tested >= 8 * len(MODES)
+    if failures:
+        pytest.fail("\n\n".join(failures)[:20_000], pytrace=False)
+    assert server.client.get("/health/ready").status_code == 200
