@@ -17,13 +17,14 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Request
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from service import metrics
@@ -46,11 +47,10 @@ def request_model_for(spec: ModelSpec) -> type[BaseModel]:
     if limits.kind == "text":
         item = Annotated[StrictStr, Field(max_length=limits.max_length)]
     else:
-        # within float32: past it a value becomes inf in the model (and outputs NaN); it also keeps
-        # huge JSON integers from overflowing float conversion inside pydantic (OverflowError)
-        number = Annotated[
-            StrictFloat | StrictInt, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
-        ]
+        # StrictFloat takes ints too (not bools). Within float32: past it a value becomes inf in the
+        # model and the outputs NaN (answered as nulls); the bound also turns an integer too large
+        # for a float into a ValidationError instead of an OverflowError.
+        number = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
         item = Annotated[list[number], Field(min_length=limits.dim, max_length=limits.dim)]
 
     class PredictRequest(BaseModel):
@@ -64,6 +64,17 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     outputs: list[Any]
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring these error statuses with the ``{"error": ...}`` body."""
+    return {code: {"model": ErrorResponse, "description": HTTPStatus(code).phrase} for code in codes}
 
 
 @dataclass
@@ -287,6 +298,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             _bind(predict, name),
             methods=["POST"],
             response_model=PredictResponse,
+            responses=error_responses(400, 401, 413, 415, 422, 503, 504),
             summary=f"Run {name} on a list of inputs",
             tags=["predict"],
             openapi_extra={
@@ -350,6 +362,14 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         "/v1/models/{name}/predict-file",
         predict_file,
         methods=["POST"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "NDJSON results, one line per record",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            },
+            **error_responses(400, 401, 404, 413, 415, 422, 503),
+        },
         tags=["predict"],
         summary="Stream a JSONL, CSV or text file through a model; NDJSON results, one line per record",
         openapi_extra={
@@ -368,12 +388,12 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
     async def predict_unknown(request: Request, name: str) -> Response:
         return await predict(request, name)
 
-    @app.get("/v1/models", tags=["models"])
+    @app.get("/v1/models", tags=["models"], responses=error_responses(401))
     async def list_models(request: Request) -> Response:
         authorize(request, api_keys, None)
         return json_response({"models": [describe(route) for route in state.routes.values()]})
 
-    @app.get("/v1/models/{name}", tags=["models"])
+    @app.get("/v1/models/{name}", tags=["models"], responses=error_responses(401, 404, 422))
     async def get_model(request: Request, name: str) -> Response:
         authorize(request, api_keys, name)
         return json_response(describe(model_route(name)))
@@ -397,7 +417,11 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
     async def live() -> Response:
         return json_response({"status": "live"})
 
-    @app.get("/health/ready", tags=["health"])
+    @app.get(
+        "/health/ready",
+        tags=["health"],
+        responses={503: {"description": "A model is not ready yet, or the server is shutting down"}},
+    )
     async def ready() -> Response:
         models = state.readiness()
         if state.shutting_down.value:
@@ -406,7 +430,18 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             return json_response({"status": "not ready", "models": models}, 503)
         return json_response({"status": "ready", "models": models})
 
-    @app.get("/metrics", tags=["metrics"])
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **error_responses(401),
+        },
+    )
     async def scrape(request: Request) -> Response:
         authorize(request, [metrics_key] if metrics_key else [], None)
         body = await asyncio.to_thread(metrics.render, state.readiness)

@@ -114,38 +114,50 @@ def warmup_input(spec: ModelSpec) -> Any:
 
 
 class MemoryReporter:
-    """Samples this worker's RSS (and CUDA memory) into gauges: after each batch and every few seconds."""
+    """Samples this worker's RSS (and CUDA memory) into gauges: after each batch and every few seconds.
+
+    RSS comes from one pread of /proc/self/statm (cheap enough for every batch); the peak is the
+    larger of what we saw and the kernel's high-water mark, so it is never below the current value.
+    """
 
     def __init__(self, model: str, worker: str, device: str) -> None:
-        import psutil
-
-        self._process = psutil.Process()
         self._rss = metrics.WORKER_RSS.labels(model, worker)
         self._peak = metrics.WORKER_PEAK_RSS.labels(model, worker)
         self._cuda = device.startswith("cuda")
         self._labels = (model, worker, device)
         self._last = 0.0
-        self._stop = threading.Event()
+        self._highest = 0
+        self._lock = threading.Lock()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+
+    def resident_bytes(self) -> int:
+        return int(os.pread(self._statm, 128, 0).split()[1]) * self._page
 
     def sample(self) -> None:
-        self._last = time.monotonic()
-        self._rss.set(self._process.memory_info().rss)
-        # the kernel's high-water mark catches peaks between samples (ru_maxrss is in KiB on Linux)
-        self._peak.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        if self._cuda:
-            import torch
+        with self._lock:
+            self._last = time.monotonic()
+            rss = self.resident_bytes()
+            # ru_maxrss is in KiB on Linux and may lag /proc by a page or two
+            kernel_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self._highest = max(self._highest, rss, kernel_peak)
+            self._rss.set(rss)
+            self._peak.set(self._highest)
+            if self._cuda:
+                import torch
 
-            index = torch.device(self._labels[2])
-            metrics.CUDA_ALLOCATED.labels(*self._labels).set(torch.cuda.memory_allocated(index))
-            metrics.CUDA_RESERVED.labels(*self._labels).set(torch.cuda.memory_reserved(index))
-            metrics.CUDA_MAX_ALLOCATED.labels(*self._labels).set(torch.cuda.max_memory_allocated(index))
+                index = torch.device(self._labels[2])
+                metrics.CUDA_ALLOCATED.labels(*self._labels).set(torch.cuda.memory_allocated(index))
+                metrics.CUDA_RESERVED.labels(*self._labels).set(torch.cuda.memory_reserved(index))
+                metrics.CUDA_MAX_ALLOCATED.labels(*self._labels).set(torch.cuda.max_memory_allocated(index))
 
     def start(self) -> None:
         thread = threading.Thread(target=self._run, name="memory-reporter", daemon=True)
         thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(MEMORY_INTERVAL):
+        while True:
+            time.sleep(MEMORY_INTERVAL)
             if time.monotonic() - self._last >= MEMORY_INTERVAL / 2:
                 self.sample()
 
@@ -191,6 +203,7 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
         self.max_batch = lit_api.config.max_batch_size
         self.batch_timeout = lit_api.config.batch_timeout
         self.spool_dir = lit_api.config.spool_dir
+        self.cancels = CancelMarkers(self.spool_dir)
         self.ledger = BatchLedger(
             batch_ledger_path(self.spool_dir, model, worker_id) if self.spool_dir else None
         )
@@ -230,6 +243,7 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
 
     def _run(self, items: list[Any]) -> None:
         started = time.monotonic()
+        cancelled = self.cancels.current()
         batch: list[Pending] = []
         for response_queue_id, uid, _timestamp, payload in items:
             self.queue_seconds.observe(max(0.0, started - payload["arrived"]))
@@ -241,7 +255,7 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
                 # the API server has answered 504 already; the model never sees it
                 self._answer_error(response_queue_id, uid, 504, "deadline expired while queued")
                 continue
-            if self.spool_dir is not None and os.path.exists(self.spool_dir / f"{uid}.cancel"):
+            if uid in cancelled:
                 self._answer_error(response_queue_id, uid, 499, "client closed the request")
                 continue
             batch.append(Pending(response_queue_id, uid, arrived, deadline, payload["inputs"]))
@@ -282,6 +296,30 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
 
     def _answer_error(self, response_queue_id: int, uid: str, code: int, message: str) -> None:
         self._send(response_queue_id, uid, {"status": code, "error": message}, LitAPIStatus.ERROR)
+
+
+class CancelMarkers:
+    """The uids whose clients went away: ``<uid>.cancel`` files in the spool folder. The folder
+    is listed only when its mtime changes, so the common case costs one stat per batch."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._mtime = -1
+        self._uids: frozenset[str] = frozenset()
+
+    def current(self) -> frozenset[str]:
+        if self.folder is None:
+            return self._uids
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+        except FileNotFoundError:
+            return self._uids
+        if mtime != self._mtime:
+            self._mtime = mtime
+            self._uids = frozenset(
+                name[: -len(".cancel")] for name in os.listdir(self.folder) if name.endswith(".cancel")
+            )
+        return self._uids
 
 
 def batch_ledger_path(spool_dir: Path, model: str, worker: int) -> Path:

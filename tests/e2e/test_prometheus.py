@@ -182,14 +182,17 @@ def _finite(result: list[dict[str, Any]]) -> bool:
 
 
 def test_prometheus_scrapes_the_service(stack: Stack) -> None:
-    result = stack.poll('up{job="inference"}', bool)
-    assert [item["value"][1] for item in result] == ["1"], result
+    # a scrape sent while the service was still starting may have failed: wait for a good one
+    result = stack.poll('up{job="inference"}', lambda r: [item["value"][1] for item in r] == ["1"])
     targets = stack.prometheus.get("/api/v1/targets").json()["data"]["activeTargets"]
-    assert [(t["labels"]["job"], t["health"], t["lastError"]) for t in targets] == [("inference", "up", "")]
+    health = [(t["labels"]["job"], t["health"], t["lastError"]) for t in targets]
+    assert [item["value"][1] for item in result] == ["1"], f"{result}; targets: {health}"
+    assert health == [("inference", "up", "")]
 
 
 def test_grafana_model_variable_lists_the_served_model(stack: Stack) -> None:
     # what Grafana runs for label_values(inference_model_ready, model)
+    stack.poll("inference_model_ready", bool)
     response = stack.prometheus.get("/api/v1/label/model/values", params={"match[]": "inference_model_ready"})
     assert response.json()["data"] == [MODEL]
 
