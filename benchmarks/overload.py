@@ -48,6 +48,7 @@ from benchmarks.processes import ROOT, ServerUnderTest, python_module, role, ser
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 MIB = 1024 * 1024
+IDLE_REUSE_S = 3.0  # reuse a keep-alive connection only if idle for less (uvicorn's keep-alive: 5 s)
 NOISE_NOTE = (
     "Measured on a shared 2-core machine where other jobs (tests, other benchmarks) run at the "
     "same time, and the load generator shares those cores with the server: absolute numbers move "
@@ -112,7 +113,7 @@ class OpenLoop:
         )
         self.client_timeout = float(config["client_timeout_s"])
         self.max_connections = int(config.get("max_connections", 4000))
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.open_connections = 0
         self.peak_connections = 0
         self.peak_in_flight = 0
@@ -121,12 +122,25 @@ class OpenLoop:
         self.samples: list[list[Any]] = []
         self.error_samples: list[str] = []
 
+    def reusable(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used idle connection, skipping any the server may have closed:
+        uvicorn closes keep-alive connections idle for 5 s, and a request written just as it
+        does would fail with no byte read (a client-side race, not a server error)."""
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < IDLE_REUSE_S and not reader.at_eof():
+                return reader, writer
+            self.open_connections -= 1
+            writer.close()
+        return None
+
     async def exchange(self, index: int, timing: list[float]) -> Any:
         """Send one request and read its answer; ``timing[0]`` gets the connect time (0: reused)."""
         writer: asyncio.StreamWriter | None = None
         try:
-            if self.idle:
-                reader, writer = self.idle.pop()
+            reused = self.reusable()
+            if reused is not None:
+                reader, writer = reused
             else:
                 began = time.perf_counter()
                 reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
@@ -141,7 +155,7 @@ class OpenLoop:
                 if problem is not None:
                     outcome = f"bad:{problem[:80]}"
             if keep_alive and not isinstance(outcome, str):
-                self.idle.append((reader, writer))
+                self.idle.append((reader, writer, time.monotonic()))
                 writer = None
             return outcome
         finally:
@@ -196,7 +210,7 @@ class OpenLoop:
             unfinished = len(pending)
         else:
             unfinished = 0
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         usage_end = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage_end.ru_utime - usage_start.ru_utime + usage_end.ru_stime - usage_start.ru_stime
@@ -296,6 +310,46 @@ def sustainable_rate(url: str, model: str, concurrency: int, duration: float) ->
     return result
 
 
+SCRAPED = (
+    "inference_requests_total",
+    "inference_rejected_requests_total",
+    "inference_batch_size_sum",
+    "inference_batch_size_count",
+    "inference_compute_duration_seconds_sum",
+    "inference_queue_duration_seconds_sum",
+    "inference_queue_duration_seconds_count",
+)
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """The service's own counters (``/metrics``) that explain an overload run; {} if unavailable."""
+    try:
+        with httpx.Client(base_url=url, timeout=15.0) as client:
+            text = client.get("/metrics").text
+    except httpx.HTTPError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(SCRAPED):
+            continue
+        name, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            found[name] = float(value)
+    return found
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v - before.get(k, 0.0)}
+
+
+def tcp_connections(process: psutil.Process) -> int:
+    """Open TCP sockets of a process (client connections of an API server, mostly)."""
+    try:
+        return len(process.net_connections(kind="tcp"))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return -1
+
+
 def open_fds(process: psutil.Process) -> int:
     try:
         return int(process.num_fds())
@@ -338,7 +392,7 @@ class ProcessSampler:
                 continue
             if process.pid not in self.roles:
                 self.roles[process.pid] = role(process, self.pid, self.port)
-            procs[process.pid] = [rss, open_fds(process)]
+            procs[process.pid] = [rss, open_fds(process), tcp_connections(process)]
         self.series.append({"t": round(time.monotonic() - self.origin, 2), "procs": procs})
 
     def _run(self) -> None:
@@ -348,12 +402,12 @@ class ProcessSampler:
     def label(self, pid: int) -> str:
         return f"{self.roles.get(pid, '?')} ({pid})"
 
-    def per_process(self) -> dict[int, list[tuple[float, int, int]]]:
-        """pid → [(t, rss, fds), ...]"""
-        found: dict[int, list[tuple[float, int, int]]] = {}
+    def per_process(self) -> dict[int, list[tuple[float, int, int, int]]]:
+        """pid → [(t, rss, fds, tcp connections), ...]"""
+        found: dict[int, list[tuple[float, int, int, int]]] = {}
         for entry in self.series:
-            for pid, (rss, fds) in entry["procs"].items():
-                found.setdefault(pid, []).append((entry["t"], rss, fds))
+            for pid, (rss, fds, tcp) in entry["procs"].items():
+                found.setdefault(pid, []).append((entry["t"], rss, fds, tcp))
         return found
 
     def rss_summary(self) -> list[dict[str, Any]]:
@@ -558,6 +612,12 @@ def overload_markdown(result: dict[str, Any]) -> str:
         f"{s['accepted_rps']:.1f} req/s = {100 * s['accepted_vs_sustainable']:.0f}% of the sustainable "
         f"{sus['throughput_rps']:.1f} req/s (over the whole run: {s['accepted_rps_all']:.1f} req/s).",
         "",
+        "## What the server counted during the open loop (`/metrics` deltas)",
+        "",
+        md_table(["metric", "delta"], [[k, v] for k, v in result["server_metrics_delta"].items()]),
+        "",
+        wasted_line(result),
+        "",
         "## Server processes: RSS (MiB) and open file descriptors",
         "",
         md_table(
@@ -605,6 +665,22 @@ def overload_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def wasted_line(result: dict[str, Any]) -> str:
+    """Inputs the model computed vs 200s the clients got (every request has one input)."""
+    model = result["config"]["model"]
+    computed = result["server_metrics_delta"].get(f'inference_batch_size_sum{{model="{model}"}}')
+    if computed is None:
+        return "(no batch-size metric scraped)"
+    ok = result["summary"]["counts"]["200"]
+    wasted = computed - ok
+    share = wasted / computed if computed else float("nan")
+    return (
+        f"The model computed {computed:.0f} inputs; clients received {ok} answers (200). "
+        f"{wasted:.0f} computed inputs ({100 * share:.0f}%) were thrown away: their request had "
+        "already been answered 504 by the API server when the forward finished."
+    )
 
 
 def overload_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -721,9 +797,11 @@ def main(argv: list[str] | None = None) -> int:
             "max_connections": 4000,
         }
         log(f"open loop: {rate:.1f} req/s for {args.duration:g} s (deadline {args.deadline:g} s)")
+        scraped_before = scrape_metrics(server.url)
         with ProcessSampler(server.pid, server.port, interval=1.0) as sampler:
             generated = run_open_loop(config)
             time.sleep(2.0)  # let the server settle; the last sample shows memory after the load
+        server_metrics = metrics_delta(scraped_before, scrape_metrics(server.url))
         alive = server.process is not None and server.process.poll() is None
     summary = summarise_overload(generated, sustainable, config, settle_s=min(5.0, args.duration / 4))
     samples = generated.pop("samples")
@@ -737,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         "sustainable": sustainable,
         "generator": generated,
         "summary": summary,
+        "server_metrics_delta": server_metrics,
         "processes": sampler.rss_summary(),
         "rss_series": [
             {"t": e["t"], "rss_mib": {sampler.label(p): round(v[0] / MIB, 1) for p, v in e["procs"].items()}}

@@ -374,13 +374,13 @@ def test_dockerignore_keeps_local_state_out() -> None:
 
 
 def test_observability_guide_covers_every_metric_and_alert() -> None:
-    guide = (REPO / "config" / "OBSERVABILITY.md").read_text(encoding="utf-8")
+    guide = (REPO / "README.md").read_text(encoding="utf-8")
     mentioned = set(METRIC_NAME.findall(guide))
     assert not CONTRACT_METRICS - mentioned, (
-        f"OBSERVABILITY.md does not describe {sorted(CONTRACT_METRICS - mentioned)}"
+        f"README.md does not describe {sorted(CONTRACT_METRICS - mentioned)}"
     )
     unknown = mentioned - CONTRACT_METRICS - EXPOSED_METRICS
-    assert not unknown, f"OBSERVABILITY.md names metrics that do not exist: {sorted(unknown)}"
+    assert not unknown, f"README.md names metrics that do not exist: {sorted(unknown)}"
     for alert in ALERTS:
         assert alert in guide
     assert "inference:latency_p99_bound_seconds" in guide
