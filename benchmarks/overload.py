@@ -350,11 +350,25 @@ def tcp_connections(process: psutil.Process) -> int:
         return -1
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+        return round(times.user + times.system, 3)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return float("nan")
+
+
 def open_fds(process: psutil.Process) -> int:
     try:
         return int(process.num_fds())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return -1
+
+
+def cpu_percent(points: list[tuple[float, int, int, int, float]]) -> float:
+    """Mean CPU use between the first and last sample, in % of one core."""
+    elapsed = points[-1][0] - points[0][0]
+    return 100.0 * (points[-1][4] - points[0][4]) / elapsed if elapsed > 0 else float("nan")
 
 
 class ProcessSampler:
@@ -382,9 +396,20 @@ class ProcessSampler:
         self._stop.set()
         self._thread.join()
         self.sample()
+        self.relabel()
+
+    def relabel(self) -> None:
+        """``role`` calls every process holding the listening socket an API server; LitServe's
+        manager (forked after the socket was bound) holds it too but never has a client connection."""
+        tcp_max = {pid: max(p[3] for p in points) for pid, points in self.per_process().items()}
+        servers = [pid for pid, name in self.roles.items() if name == "api server"]
+        if any(tcp_max.get(pid, 0) > 1 for pid in servers):
+            for pid in servers:
+                if tcp_max.get(pid, 0) <= 1:
+                    self.roles[pid] = "manager"
 
     def sample(self) -> None:
-        procs: dict[int, list[int]] = {}
+        procs: dict[int, list[Any]] = {}
         for process in tree(self.pid):
             try:
                 rss = process.memory_info().rss
@@ -392,7 +417,7 @@ class ProcessSampler:
                 continue
             if process.pid not in self.roles:
                 self.roles[process.pid] = role(process, self.pid, self.port)
-            procs[process.pid] = [rss, open_fds(process), tcp_connections(process)]
+            procs[process.pid] = [rss, open_fds(process), tcp_connections(process), cpu_seconds(process)]
         self.series.append({"t": round(time.monotonic() - self.origin, 2), "procs": procs})
 
     def _run(self) -> None:
@@ -402,12 +427,12 @@ class ProcessSampler:
     def label(self, pid: int) -> str:
         return f"{self.roles.get(pid, '?')} ({pid})"
 
-    def per_process(self) -> dict[int, list[tuple[float, int, int, int]]]:
-        """pid → [(t, rss, fds, tcp connections), ...]"""
-        found: dict[int, list[tuple[float, int, int, int]]] = {}
+    def per_process(self) -> dict[int, list[tuple[float, int, int, int, float]]]:
+        """pid → [(t, rss, fds, tcp connections, cpu seconds), ...]"""
+        found: dict[int, list[tuple[float, int, int, int, float]]] = {}
         for entry in self.series:
-            for pid, (rss, fds, tcp) in entry["procs"].items():
-                found.setdefault(pid, []).append((entry["t"], rss, fds, tcp))
+            for pid, (rss, fds, tcp, cpu) in entry["procs"].items():
+                found.setdefault(pid, []).append((entry["t"], rss, fds, tcp, cpu))
         return found
 
     def rss_summary(self) -> list[dict[str, Any]]:
@@ -425,6 +450,7 @@ class ProcessSampler:
                     "fds_start": fds[0],
                     "fds_max": max(fds),
                     "fds_end": fds[-1],
+                    "cpu_percent": cpu_percent(points),
                     "samples": len(points),
                 }
             )
@@ -618,10 +644,19 @@ def overload_markdown(result: dict[str, Any]) -> str:
         "",
         wasted_line(result),
         "",
-        "## Server processes: RSS (MiB) and open file descriptors",
+        "## Server processes: RSS (MiB), open file descriptors, CPU during the open loop",
         "",
         md_table(
-            ["process", "RSS start", "RSS max", "RSS end", "fds start", "fds max", "fds end"],
+            [
+                "process",
+                "RSS start",
+                "RSS max",
+                "RSS end",
+                "fds start",
+                "fds max",
+                "fds end",
+                "CPU % of a core",
+            ],
             [
                 [
                     f"{r['role']} ({r['pid']})",
@@ -631,6 +666,7 @@ def overload_markdown(result: dict[str, Any]) -> str:
                     r["fds_start"],
                     r["fds_max"],
                     r["fds_end"],
+                    r["cpu_percent"],
                 ]
                 for r in result["processes"]
             ],

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import orjson
 
 from service.readers import (
     DEFAULT_MAX_LINE_BYTES,
+    FLOAT32_MAX,
     FORMATS,
     Format,
     FormatError,
@@ -32,8 +33,17 @@ from service.readers import (
     check_format,
     open_records,
 )
-from service.repository import DEFAULT_REPOSITORY, InputSpec, ModelError, ModelRepository, ModelSpec
-from service.session import GRAD_MODES, InferenceSession
+from service.repository import (
+    DEFAULT_REPOSITORY,
+    GRAD_MODES,
+    InputSpec,
+    ModelError,
+    ModelRepository,
+    ModelSpec,
+)
+
+if TYPE_CHECKING:  # torch loads only when a job runs, not when the CLI parser is built
+    from service.session import InferenceSession
 
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
@@ -112,6 +122,8 @@ def input_validator(inputs: InputSpec) -> Validator:
         for item in value:
             if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
                 return f"the input must hold only finite numbers, got {_kind(item)} {item!r:.40}"
+            if abs(item) > FLOAT32_MAX:  # would become inf in the model and come back as null
+                return f"the input must hold numbers within float32 range, got {item!r:.40}"
         return None
 
     return check_vector
@@ -398,6 +410,8 @@ def predict_file_command(args: argparse.Namespace) -> int:
     except (ModelError, FormatError, OSError) as exc:
         return fail(str(exc))
     try:
+        from service.session import InferenceSession
+
         session = InferenceSession(entry.load("cpu"), args.grad_mode)
     except ModelError as exc:
         return fail(str(exc))

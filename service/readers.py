@@ -28,6 +28,9 @@ _BOM = b"\xef\xbb\xbf"
 _MIN_CHUNK = 16
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: larger inputs become inf in a model
+
+
 class FormatError(Exception):
     """The file is not the declared format at all (binary, not UTF-8, not JSON, no such column)."""
 
@@ -191,10 +194,12 @@ class RecordBatches:
             return Record(line, None, None, f"line {line} is a JSON {_json_type(obj)}, not an object")
         ident = obj.get(self.id_key)
         if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
-            return Record(line, None, None, f"line {line}: {self.id_key!r} must be a string or an integer")
+            return Record(
+                line, None, None, f"line {line}: {self.id_key[:64]!r} must be a string or an integer"
+            )
         value = obj.get(self.input_key)
         if value is None:
-            return Record(line, ident, None, f"line {line} has no {self.input_key!r} value")
+            return Record(line, ident, None, f"line {line} has no {self.input_key[:64]!r} value")
         return Record(line, ident, value)
 
     def _csv_record(self, line: int, raw: bytes) -> Record:
@@ -363,7 +368,7 @@ def _csv_layout(number: int, header: str, input_key: str, id_key: str) -> _Layou
         raise FormatError(f"the CSV header (line {number}) cannot be parsed: {exc}") from None
     if input_key not in names:
         raise FormatError(
-            f"the CSV header (line {number}) has no column {input_key!r} (columns: {', '.join(names)})"
+            f"the CSV header (line {number}) has no column {input_key[:64]!r} (columns: {', '.join(names)[:200]})"
         )
     return _Layout(
         header_line=number,

@@ -19,6 +19,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# how an InferenceSession switches autograd off (defined here, torch-free, for settings and the CLI)
+GradMode = Literal["no_grad", "inference_mode"]
+GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
+
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _CHUNK = 1 << 20

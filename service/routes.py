@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 
 from service import metrics
 from service.errors import ApiError, describe_validation, install_error_handlers, json_response
-from service.readers import FormatError, check_format
+from service.readers import FLOAT32_MAX, FormatError, check_format
 from service.repository import ModelSpec
 from service.settings import Settings
 from service.uploads import body_chunks, default_spool_dir, remove_quietly, spool_upload
@@ -37,7 +37,6 @@ from service.worker import internal_path
 
 JSON_TYPES = ("application/json",)
 TIMEOUT_HEADER = "x-request-timeout"
-FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 def request_model_for(spec: ModelSpec) -> type[BaseModel]:
@@ -325,6 +324,11 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             csv = fmt == "csv"
             input_key = params.get("input_column" if csv else "input_key", "input")
             id_key = params.get("id_column" if csv else "id_key", "id")
+            for label, key in (("input", input_key), ("id", id_key)):
+                if not 0 < len(key) <= MAX_KEY_LENGTH:
+                    raise ApiError(
+                        400, f"the {label} key or column name must have 1 to {MAX_KEY_LENGTH} characters"
+                    )
             try:
                 await asyncio.to_thread(
                     check_format,
@@ -449,6 +453,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
 
 
 FILE_CHUNK = 64 * 1024
+MAX_KEY_LENGTH = 256  # a key is echoed in per-record errors: keep it short
 
 
 async def follow_results(

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from service.repository import Model
+from service.repository import GRAD_MODES, GradMode, Model
 
-GradMode = Literal["no_grad", "inference_mode"]
-GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
+__all__ = ["GRAD_MODES", "GradMode", "InferenceSession"]
 
 
 class InferenceSession:

@@ -39,7 +39,7 @@ def clean_spool_dir(folder: Path) -> int:
     """Create the folder; remove spool files a crashed run left behind. Returns how many."""
     folder.mkdir(parents=True, exist_ok=True)
     removed = 0
-    for leftover in folder.iterdir():
+    for leftover in [*folder.iterdir(), *folder.glob("workers/*")]:
         if leftover.suffix in SPOOL_SUFFIXES and leftover.is_file():
             leftover.unlink(missing_ok=True)
             removed += 1

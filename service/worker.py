@@ -20,15 +20,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import litserve as ls
 from litserve.loops.base import _SENTINEL_VALUE, LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
 from service import metrics
-from service.repository import ModelRepository, ModelSpec
-from service.session import GradMode, InferenceSession
+from service.repository import GradMode, ModelRepository, ModelSpec
+
+if TYPE_CHECKING:  # torch is imported in the worker only: API servers stay small
+    from service.session import InferenceSession
 
 logger = logging.getLogger("service.worker")
 
@@ -72,6 +74,8 @@ class ModelAPI(ls.LitAPI):  # type: ignore[misc]
 
     def setup(self, device: str) -> None:
         import torch
+
+        from service.session import InferenceSession
 
         # The launcher orchestrates shutdown: a terminal's Ctrl-C must not kill workers mid-batch.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -204,6 +208,7 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
         self.batch_timeout = lit_api.config.batch_timeout
         self.spool_dir = lit_api.config.spool_dir
         self.cancels = CancelMarkers(self.spool_dir)
+        self.concurrent = False
         self.ledger = BatchLedger(
             batch_ledger_path(self.spool_dir, model, worker_id) if self.spool_dir else None
         )
@@ -215,7 +220,10 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
 
     def _get(self, timeout: float) -> Any:
         try:
-            item = self.request_queue.get(timeout=timeout)
+            if timeout > 0:
+                item = self.request_queue.get(timeout=timeout)
+            else:
+                item = self.request_queue.get(block=False)
         except queue.Empty:
             return None
         if item == _SENTINEL_VALUE or item is None:
@@ -228,16 +236,18 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
             return
         requests = [first]
         count = _size(first)
-        closes = time.monotonic() + self.batch_timeout
+        # Wait for company only when traffic is concurrent (the last batch had several requests);
+        # a lone client should not pay batch_timeout on every request. What is already queued is
+        # always taken.
+        wait = self.batch_timeout if self.concurrent else 0.0
+        closes = time.monotonic() + wait
         while count < self.max_batch:
-            remaining = closes - time.monotonic()
-            if remaining <= 0:
-                break
-            item = self._get(remaining)
+            item = self._get(closes - time.monotonic())
             if item is None:
                 break
             requests.append(item)
             count += _size(item)
+        self.concurrent = len(requests) > 1
         self._run(requests)
         self.api.memory.sample()
 
@@ -323,7 +333,7 @@ class CancelMarkers:
 
 
 def batch_ledger_path(spool_dir: Path, model: str, worker: int) -> Path:
-    return spool_dir / f"worker-{model}-{worker}.batch"
+    return spool_dir / "workers" / f"{model}-{worker}.batch"
 
 
 class BatchLedger:
@@ -332,7 +342,10 @@ class BatchLedger:
     left for the replacement worker). Two syscalls per batch."""
 
     def __init__(self, path: Path | None) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path is not None else None
+        self._fd = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
 
     def record(self, entries: list[tuple[int, str]]) -> None:
         if self._fd is None:

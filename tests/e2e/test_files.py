@@ -24,7 +24,8 @@ def files_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def spool_files(server: ServerProcess) -> list[Path]:
-    return list(server.spool.iterdir())  # type: ignore[attr-defined]
+    """Upload spool files (the workers/ folder holds each worker's batch ledger, not uploads)."""
+    return [path for path in server.spool.iterdir() if path.is_file()]  # type: ignore[attr-defined]
 
 
 def wait_spool_empty(server: ServerProcess, timeout: float = 10.0) -> None:
