@@ -15,6 +15,7 @@ The 1 GB file is the size the issue asks for; its records/s are reported as well
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -75,10 +76,8 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             for pid, process in self.processes.items():
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     self.peak[pid] = max(self.peak[pid], process.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -110,21 +109,22 @@ class RssSampler:
 def http_run(server: ServerProcess, model: str, path: Path) -> dict[str, Any]:
     lines = errors = 0
     started = time.perf_counter()
-    with RssSampler(server.pids()) as sampler, open(path, "rb") as source:
-        with (
-            httpx.Client(timeout=None) as client,
-            client.stream(
-                "POST",
-                f"{server.url}/v1/models/{model}/predict-file",
-                content=iter(lambda: source.read(1 << 20), b""),
-                headers={"content-type": "application/x-ndjson"},
-            ) as response,
-        ):
-            assert response.status_code == 200, response.read()
-            for line in response.iter_lines():
-                if line:
-                    lines += 1
-                    errors += '"error"' in line
+    with (
+        RssSampler(server.pids()) as sampler,
+        open(path, "rb") as source,
+        httpx.Client(timeout=None) as client,
+        client.stream(
+            "POST",
+            f"{server.url}/v1/models/{model}/predict-file",
+            content=iter(lambda: source.read(1 << 20), b""),
+            headers={"content-type": "application/x-ndjson"},
+        ) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line:
+                lines += 1
+                errors += '"error"' in line
     seconds = time.perf_counter() - started
     return {
         "records": lines,

@@ -96,6 +96,7 @@ def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.Li
         accelerator=settings.accelerator,
         workers_per_device=workers,
         timeout=False,  # our deadline covers queue and compute; LitServe's covers only the queue
+        fast_queue=settings.fast_queue,
         restart_workers=False,
     )
     # LitServe's monitor races our shutdown and, on a dead worker, stops the server from a
