@@ -281,7 +281,7 @@ def plot(result: dict[str, Any], sampler: ProcessSampler, path: Path) -> None:
     rss_ax.set_ylabel("RSS (MiB)")
     rss_ax.set_ylim(bottom=0)
     rss_ax.grid(alpha=0.3)
-    rss_ax.legend(loc="lower right", fontsize=8, ncol=2)
+    rss_ax.legend(loc="center right", fontsize=8, ncol=2, framealpha=0.9)
     fd_ax.set_ylabel("open file descriptors")
     fd_ax.set_ylim(bottom=0)
     fd_ax.set_xlabel("minutes since the soak started")

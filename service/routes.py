@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -204,7 +205,11 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         with route.inflight.get_lock():
             route.inflight.value -= 1
 
-    def enqueue(
+    # LitServe's request queue is a Manager proxy: put() is a blocking round trip to another
+    # process. One thread does the puts, in order, so the event loop never stalls on it.
+    put_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
+
+    async def enqueue(
         route: ModelRoute, request: Request, arrived: float, payload: dict[str, Any]
     ) -> tuple[str, Any]:
         """Put an admitted request on the model's LitServe queue; return its uid and response buffer item."""
@@ -212,10 +217,34 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         uid = uuid.uuid4().hex
         item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
         server.response_buffer[uid] = item
-        server._get_request_queue(internal_path(route.spec.name)).put(
-            (request.app.response_queue_id, uid, arrived, payload)
-        )
+        queue = server._get_request_queue(internal_path(route.spec.name))
+        message = (request.app.response_queue_id, uid, arrived, payload)
+        await asyncio.get_running_loop().run_in_executor(put_thread, queue.put, message)
         return uid, item
+
+    def precheck(route: ModelRoute) -> None:
+        """Refuse early, before the body is read and parsed, when the request could not be admitted."""
+        name = route.spec.name
+        if state.shutting_down.value:
+            metrics.REJECTED.labels(name, "shutting_down").inc()
+            raise ApiError(503, "server is shutting down; retry on another replica", {"Retry-After": "1"})
+        if route.inflight.value >= route.max_queue_size:
+            metrics.REJECTED.labels(name, "queue_full").inc()
+            raise ApiError(
+                503,
+                f"model {name!r} has {route.max_queue_size} requests queued; retry later",
+                {"Retry-After": "1"},
+            )
+
+    async def release_when_answered(route: ModelRoute, uid: str, answer: Any) -> None:
+        """After a 504 the request may still sit in the queue: its slot stays taken until the
+        worker drops or answers it, so the bound keeps bounding the real queue."""
+        try:
+            await asyncio.wait({answer}, timeout=settings.max_request_timeout)
+        finally:
+            answer.cancel()
+            state.server.response_buffer.pop(uid, None)
+            release(route)
 
     async def next_message(item: Any, timeout: float | None) -> tuple[Any, str]:
         while not item.response_queue:
@@ -237,9 +266,10 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         admit(route)
         uid = None
         cancel: Path | None = None
+        owned = True  # False once a 504 hands the slot to release_when_answered
         disconnected = asyncio.ensure_future(wait_disconnect(request))
         try:
-            uid, item = enqueue(route, request, payload["arrived"], payload)
+            uid, item = await enqueue(route, request, payload["arrived"], payload)
             answer = asyncio.ensure_future(next_message(item, None))
             remaining = max(0.0, payload["deadline"] - time.monotonic())
             done, _ = await asyncio.wait(
@@ -250,10 +280,14 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
                 cancel.touch()
                 # keep the admission until the worker drops it (or the deadline): it still holds a queue slot
                 await asyncio.wait({answer}, timeout=max(0.0, payload["deadline"] - time.monotonic()))
+                answer.cancel()
                 raise ApiError(499, "client closed the request")
             if answer not in done:
-                answer.cancel()
                 metrics.REJECTED.labels(route.spec.name, "deadline").inc()
+                owned = False
+                background = asyncio.ensure_future(release_when_answered(route, uid, answer))
+                pending_releases.add(background)
+                background.add_done_callback(pending_releases.discard)
                 raise ApiError(504, f"no answer within the deadline of {timeout:g} s")
             data, status = answer.result()
             if status == LitAPIStatus.ERROR:
@@ -261,11 +295,14 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             return data
         finally:
             disconnected.cancel()
-            if uid is not None:
-                state.server.response_buffer.pop(uid, None)
-            if cancel is not None:
-                remove_quietly(cancel)
-            release(route)
+            if owned:
+                if uid is not None:
+                    state.server.response_buffer.pop(uid, None)
+                if cancel is not None:
+                    remove_quietly(cancel)
+                release(route)
+
+    pending_releases: set[asyncio.Future[None]] = set()
 
     async def predict(request: Request, name: str) -> Response:
         started, arrived = time.perf_counter(), time.monotonic()
@@ -273,6 +310,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
         try:
             authorize(request, api_keys, name)
             route = model_route(name)
+            precheck(route)
             timeout = state.deadline_seconds(request)
             data = await read_json(request, settings.max_body_bytes)
             try:
@@ -346,7 +384,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
                 "op": "file", "arrived": arrived, "input": str(source), "output": str(target), "format": fmt,
                 "input_key": input_key, "id_key": id_key,
             }  # fmt: skip
-            uid, item = enqueue(route, request, arrived, payload)
+            uid, item = await enqueue(route, request, arrived, payload)
             cleanups.append(lambda: state.server.response_buffer.pop(uid, None))
             data, status = await next_message(item, None)
             if status == LitAPIStatus.ERROR:

@@ -122,6 +122,9 @@ def wipe_metrics_dir() -> None:
         stale.unlink(missing_ok=True)
 
 
+DRAIN_LINGER = 0.5  # seconds between the last handler finishing and stopping the API servers
+
+
 class Drain:
     """SIGTERM/SIGINT: readiness and new requests turn 503 at once; in-flight requests finish
     (up to ``shutdown_grace`` seconds); then LitServe stops its processes."""
@@ -148,13 +151,20 @@ class Drain:
             raise KeyboardInterrupt
         self.started = True
         self.state.shutting_down.value = 1
-        if not self.serving.is_set():
-            logger.info("%s during start-up: stopping", name)
-            raise KeyboardInterrupt
-        logger.info("%s: draining (up to %.0f s), then stopping", name, self.state.settings.shutdown_grace)
-        threading.Thread(target=self._drain, name="drain", daemon=True).start()
+        threading.Thread(target=self._drain, args=(name,), name="drain", daemon=True).start()
 
-    def _drain(self) -> None:
+    def _drain(self, name: str) -> None:
+        # readiness needs a Manager round trip, which this thread may make (the handler may not)
+        serving = self.serving.is_set() or (
+            self.server._shutdown_event is not None
+            and bool(self.server.__dict__.get("inference_workers"))
+            and all(self.state.readiness().values())
+        )
+        if not serving:
+            logger.info("%s during start-up: stopping", name)
+            os.kill(self.pid, signal.SIGINT)  # the handler, called again, interrupts the main thread
+            return
+        logger.info("%s: draining (up to %.0f s), then stopping", name, self.state.settings.shutdown_grace)
         limit = time.monotonic() + self.state.settings.shutdown_grace
         while time.monotonic() < limit and any(r.inflight.value > 0 for r in self.state.routes.values()):
             time.sleep(0.05)
@@ -163,6 +173,8 @@ class Drain:
             logger.warning("grace period over with %d requests still in flight", left)
         else:
             logger.info("drained: no request in flight")
+            # the last answers leave the handlers just before their bytes reach the socket
+            time.sleep(DRAIN_LINGER)
         event = self.server._shutdown_event
         if event is not None:
             event.set()

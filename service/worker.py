@@ -209,6 +209,7 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
         self.spool_dir = lit_api.config.spool_dir
         self.cancels = CancelMarkers(self.spool_dir)
         self.concurrent = False
+        self.batch_seconds = 0.0
         self.ledger = BatchLedger(
             batch_ledger_path(self.spool_dir, model, worker_id) if self.spool_dir else None
         )
@@ -261,8 +262,9 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
                 self._run_file(response_queue_id, uid, payload)
                 continue
             arrived, deadline = payload["arrived"], payload["deadline"]
-            if deadline <= started:
-                # the API server has answered 504 already; the model never sees it
+            if deadline - started <= self.batch_seconds:
+                # expired, or would expire before a typical batch finishes: the API server answers
+                # 504 at the deadline, so computing it would only delay everyone behind it
                 self._answer_error(response_queue_id, uid, 504, "deadline expired while queued")
                 continue
             if uid in cancelled:
@@ -278,6 +280,8 @@ class BatchingLoop(LitLoop):  # type: ignore[misc]
                 chunk = flat[start : start + self.max_batch]
                 outputs = self.session.run([x for _, x in chunk])
                 self.compute_seconds.observe(self.session.last_duration)
+                # a moving average of one forward's time, to drop requests that cannot make their deadline
+                self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * self.session.last_duration
                 self.batch_size.observe(len(chunk))
                 for (pending, _), output in zip(chunk, outputs, strict=True):
                     pending.outputs.append(output)

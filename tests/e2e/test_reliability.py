@@ -49,10 +49,11 @@ def post(url: str, body: object = VECTOR, timeout: float = 30.0, **headers: str)
 
 
 def scrape_value(server: ServerProcess, prefix: str) -> float:
-    for line in server.client.get("/metrics").text.splitlines():
+    response = server.client.get("/metrics")
+    for line in response.text.splitlines():
         if line.startswith(prefix + " "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{prefix} not scraped")
+    raise AssertionError(f"{prefix} not scraped (status {response.status_code}):\n{response.text[:2000]}")
 
 
 def wait_in_flight(server: ServerProcess, count: int, timeout: float = 10.0) -> None:
