@@ -446,13 +446,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from service.settings import cpu_count
+    from service.server import torch_threads
+    from service.settings import load_settings
 
     plan = QUICK if args.quick else Plan()
     if args.no_plots:
         plan = Plan(**{**asdict(plan), "plots": False})
-    # the service gives its single worker every core (torch_threads: 0 = cores / workers); so do the others
-    bench = Bench(plan, threads=max(1, cpu_count()))
+    # every contender uses the threads the service gives its single worker by default
+    # (torch_threads: 0 = (cores - API servers) / workers), so only the serving differs
+    bench = Bench(plan, threads=torch_threads(load_settings(), 1))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop servers on the way out
     results = bench.run()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -189,7 +189,7 @@ class WorkerMonitor:
     MAX_START_FAILURES = 3
 
     def __init__(
-        self, server: ls.LitServer, state: ServiceState, drain: Drain, interval: float = 0.5
+        self, server: ls.LitServer, state: ServiceState, drain: Drain, interval: float = 1.0
     ) -> None:
         self.server = server
         self.state = state
@@ -218,6 +218,13 @@ class WorkerMonitor:
         workers = self.server.__dict__.get("inference_workers") or []
         event = self.server._shutdown_event
         if event is None or len(workers) != len(self.slots) or self.state.shutting_down.value:
+            return
+        # only the exit codes while all is well (cheap); the Manager is asked when something changed
+        if (
+            self.drain.serving.is_set()
+            and all(p.exitcode is None for p in workers)
+            and not self.start_failures
+        ):
             return
         status = dict(self.server.workers_setup_status.items())
         if not self.drain.serving.is_set() and all(self.state.readiness().values()):

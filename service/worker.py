@@ -34,8 +34,10 @@ if TYPE_CHECKING:  # torch is imported in the worker only: API servers stay smal
 
 logger = logging.getLogger("service.worker")
 
-MEMORY_INTERVAL = 2.0  # seconds between RSS samples while idle
-IDLE_POLL = 1.0  # seconds the idle loop blocks on the queue before sampling memory again
+# Every wake-up of an idle process costs CPU (a Manager round trip is several ms here), so idle
+# loops wake rarely: the queue wakes the worker as soon as a request (or the stop sentinel) arrives.
+MEMORY_INTERVAL = 5.0  # seconds between RSS samples while idle (after every batch otherwise)
+IDLE_POLL = 5.0  # seconds the idle loop blocks on the queue in one call
 
 
 @dataclass(frozen=True)
