@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 import psutil
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -158,9 +160,11 @@ def cli_run(model: str, path: Path, out: Path, batch: int) -> dict[str, Any]:
         except psutil.NoSuchProcess:
             break
         time.sleep(0.1)
-    _, stderr = process.communicate()
+    stdout, stderr = process.communicate()
     assert process.returncode == 0, stderr
     seconds = time.perf_counter() - started
+    # the CLI's own summary times the job without the model load
+    float(re.findall(r"\(([\d,.]+) rec/s\)", stdout)[-1].replace(",", ""))
     with open(out, "rb") as result:
         records = sum(1 for _ in result)
     out.unlink()
@@ -182,12 +186,13 @@ def cli_run(model: str, path: Path, out: Path, batch: int) -> dict[str, Any]:
     }
 
 
-def in_process_rate(model: str, batch: int, seconds: float = 10.0) -> float:
+def in_process_rate(model: str, batch: int, threads: int, seconds: float = 10.0) -> float:
     """Records/s of the bare forward (preprocess + forward + postprocess) at one batch size."""
     code = f"""
 import time, torch
 from service.repository import ModelRepository
 from service.session import InferenceSession
+torch.set_num_threads({threads})
 entry = ModelRepository().get({model!r})
 session = InferenceSession(entry.load("cpu"))
 if entry.spec.inputs.kind == "text":
@@ -219,29 +224,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"command": " ".join(["python -m benchmarks.files", *(argv or sys.argv[1:])])}
+    from service.server import torch_threads
+    from service.settings import cpu_count, load_settings
+
+    server_threads = torch_threads(load_settings(), 1)  # what the server gives its one worker
+    cli_threads = torch.get_num_threads()  # the CLI runs with torch's default
     with tempfile.TemporaryDirectory(prefix="bench-files-") as scratch:
         folder = Path(scratch)
         vectors, sentences = folder / "vectors.jsonl", folder / "sentences.jsonl"
-        print(f"writing {args.size_mb} MB of reference records ...", flush=True)
-        results["vector_records"] = write_vectors(vectors, args.size_mb)
-        results["vector_file_mb"] = round(vectors.stat().st_size / 2**20, 1)
+        if args.size_mb:
+            print(f"writing {args.size_mb} MB of reference records ...", flush=True)
+            results["vector_records"] = write_vectors(vectors, args.size_mb)
+            results["vector_file_mb"] = round(vectors.stat().st_size / 2**20, 1)
         write_sentences(sentences, args.minilm_records)
         env = {"SERVICE_SPOOL_DIR": str(folder / "spool"), "SERVICE_MAX_FILE_BYTES": str(4 * 2**30)}
-        with ServerProcess(serve=["reference", "minilm"], env=env) as server:
-            print("HTTP, reference, large file ...", flush=True)
-            results["http_reference"] = http_run(server, "reference", vectors)
+        if args.size_mb:
+            with ServerProcess(serve=["reference"], env=env) as server:
+                print("HTTP, reference, large file ...", flush=True)
+                results["http_reference"] = http_run(server, "reference", vectors)
+            print("CLI, reference, large file ...", flush=True)
+            results["cli_reference"] = cli_run("reference", vectors, folder / "out.jsonl", 64)
+        with ServerProcess(serve=["minilm"], env=env) as server:
             print("HTTP, minilm ...", flush=True)
             results["http_minilm"] = http_run(server, "minilm", sentences)
-        print("CLI, reference, large file ...", flush=True)
-        results["cli_reference"] = cli_run("reference", vectors, folder / "out.jsonl", 64)
         print("CLI, minilm ...", flush=True)
         results["cli_minilm"] = cli_run("minilm", sentences, folder / "out.jsonl", 32)
     print("in-process forward rates ...", flush=True)
-    results["inprocess_reference_batch64"] = round(in_process_rate("reference", 64), 1)
-    results["inprocess_minilm_batch32"] = round(in_process_rate("minilm", 32), 1)
-    limit = results["inprocess_minilm_batch32"]
-    for key in ("http_minilm", "cli_minilm"):
+    results["threads"] = {"server": server_threads, "cli": cli_threads, "cores": cpu_count()}
+    if args.size_mb:
+        results["inprocess_reference_batch64"] = round(in_process_rate("reference", 64, cli_threads), 1)
+    for key, threads in (("http_minilm", server_threads), ("cli_minilm", cli_threads)):
+        limit = round(in_process_rate("minilm", 32, threads), 1)
+        results[key]["inprocess_batch32"] = limit
         results[key]["ratio_to_inprocess"] = round(results[key]["records_per_s"] / limit, 3)
+    if not args.size_mb:
+        (args.out / "files_minilm.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps({k: results[k] for k in ("http_minilm", "cli_minilm", "threads")}, indent=2))
+        return 0
     growth = max(
         row["growth_mb"] for key in ("http_reference", "cli_reference") for row in results[key]["rss"]
     )
@@ -281,14 +300,14 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "Throughput: minilm, the model dominates.",
         "",
-        "| path | records | records/s | in-process batch 32 | ratio |",
+        "| path | records | records/s | in-process batch 32, same threads | ratio |",
         "|---|---|---|---|---|",
     ]
     for key in ("http_minilm", "cli_minilm"):
         run = r[key]
         lines.append(
             f"| {key.split('_')[0].upper()} | {run['records']:,} | {run['records_per_s']} | "
-            f"{r['inprocess_minilm_batch32']} | {run['ratio_to_inprocess']:.0%} |"
+            f"{run['inprocess_batch32']} | {run['ratio_to_inprocess']:.0%} |"
         )
     t = r["targets"]
     lines += [
