@@ -164,7 +164,7 @@ def cli_run(model: str, path: Path, out: Path, batch: int) -> dict[str, Any]:
     assert process.returncode == 0, stderr
     seconds = time.perf_counter() - started
     # the CLI's own summary times the job without the model load
-    float(re.findall(r"\(([\d,.]+) rec/s\)", stdout)[-1].replace(",", ""))
+    job_rate = float(re.findall(r"\(([\d,.]+) rec/s\)", stdout)[-1].replace(",", ""))
     with open(out, "rb") as result:
         records = sum(1 for _ in result)
     out.unlink()
@@ -174,7 +174,8 @@ def cli_run(model: str, path: Path, out: Path, batch: int) -> dict[str, Any]:
     return {
         "records": records,
         "seconds": round(seconds, 2),
-        "records_per_s": round(records / seconds, 1),
+        "records_per_s": job_rate,
+        "wall_records_per_s": round(records / seconds, 1),  # includes loading the model
         "rss": [
             {
                 "process": "cli",
