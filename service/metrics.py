@@ -31,7 +31,7 @@ FILE_ENDPOINT = "/v1/models/{name}/predict-file"
 ENDPOINTS = (PREDICT_ENDPOINT, FILE_ENDPOINT)
 UNKNOWN_MODEL = "unknown"  # label for requests naming a model that is not served
 # the status codes a model route answers with; pre-initialised so rates start at 0
-CODES = ("200", "400", "401", "404", "405", "413", "415", "422", "499", "500", "503", "504")
+CODES = ("200", "400", "401", "404", "405", "408", "413", "415", "422", "499", "500", "503", "504")
 REJECT_REASONS = ("queue_full", "deadline", "shutting_down", "unauthorized")
 FILE_OUTCOMES = ("ok", "error")
 

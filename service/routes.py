@@ -120,7 +120,7 @@ class ServiceState:
         return min(value, self.settings.max_request_timeout)
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, idle_timeout: float) -> Any:
     """The body parsed as JSON: 415 for another content type, 413 past ``limit`` bytes, 400 if malformed."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in JSON_TYPES:
@@ -130,7 +130,7 @@ async def read_json(request: Request, limit: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     body = bytearray()
-    async for chunk in body_chunks(request):
+    async for chunk in body_chunks(request, idle_timeout):
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
@@ -312,7 +312,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             route = model_route(name)
             precheck(route)
             timeout = state.deadline_seconds(request)
-            data = await read_json(request, settings.max_body_bytes)
+            data = await read_json(request, settings.max_body_bytes, settings.body_timeout)
             try:
                 parsed = route.request_model.model_validate(data)
             except ValidationError as exc:
@@ -335,7 +335,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             _bind(predict, name),
             methods=["POST"],
             response_model=PredictResponse,
-            responses=error_responses(400, 401, 413, 415, 422, 503, 504),
+            responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
             summary=f"Run {name} on a list of inputs",
             tags=["predict"],
             openapi_extra={
@@ -358,7 +358,9 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
             authorize(request, api_keys, name)
             route = model_route(name)
             params = request.query_params
-            fmt = await spool_upload(request, source, settings.max_file_bytes, params.get("format"))
+            fmt = await spool_upload(
+                request, source, settings.max_file_bytes, params.get("format"), settings.body_timeout
+            )
             csv = fmt == "csv"
             input_key = params.get("input_column" if csv else "input_key", "input")
             id_key = params.get("id_column" if csv else "id_key", "id")
@@ -410,7 +412,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
                 "description": "NDJSON results, one line per record",
                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
             },
-            **error_responses(400, 401, 404, 413, 415, 422, 503),
+            **error_responses(400, 401, 404, 408, 413, 415, 422, 503),
         },
         tags=["predict"],
         summary="Stream a JSONL, CSV or text file through a model; NDJSON results, one line per record",

@@ -7,6 +7,7 @@ part of ``multipart/form-data``, and the size limit answers 413 as soon as it is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -52,13 +53,20 @@ def remove_quietly(*paths: Path) -> None:
             os.unlink(path)
 
 
-async def body_chunks(request: Request) -> AsyncIterator[bytes]:
-    """The request body, chunk by chunk; a client that goes away mid-body is a 499, not a 500."""
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except ClientDisconnect:
-        raise ApiError(499, "client closed the request before sending the whole body") from None
+async def body_chunks(request: Request, idle_timeout: float) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk. A client that goes away mid-body is a 499, not a 500;
+    one that stops sending for ``idle_timeout`` seconds gets a 408 (no slowloris holds a slot)."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, f"no part of the request body arrived for {idle_timeout:g} s") from None
+        except ClientDisconnect:
+            raise ApiError(499, "client closed the request before sending the whole body") from None
+        yield chunk
 
 
 class _Part:
@@ -68,7 +76,9 @@ class _Part:
         self._value = b""
 
 
-async def spool_upload(request: Request, target: Path, limit: int, requested: str | None) -> Format:
+async def spool_upload(
+    request: Request, target: Path, limit: int, requested: str | None, idle_timeout: float
+) -> Format:
     """Write the body (or its single multipart part) to ``target``; return the file's format.
 
     The format comes from ``?format=``, else the (part's) content type, else the part's file
@@ -87,7 +97,7 @@ async def spool_upload(request: Request, target: Path, limit: int, requested: st
     ):
         raise ApiError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
     if kind == "multipart/form-data":
-        return await _spool_multipart(request, target, limit, requested, options)
+        return await _spool_multipart(request, target, limit, requested, options, idle_timeout)
     fmt: Any = requested or CONTENT_TYPES.get(kind)
     if fmt is None:
         shown = kind or "none"
@@ -98,7 +108,7 @@ async def spool_upload(request: Request, target: Path, limit: int, requested: st
         )
     written = 0
     with open(target, "wb") as out:
-        async for chunk in body_chunks(request):
+        async for chunk in body_chunks(request, idle_timeout):
             written += len(chunk)
             if written > limit:
                 raise ApiError(413, f"upload exceeds the limit of {limit} bytes")
@@ -108,7 +118,12 @@ async def spool_upload(request: Request, target: Path, limit: int, requested: st
 
 
 async def _spool_multipart(
-    request: Request, target: Path, limit: int, requested: str | None, options: dict[bytes, bytes]
+    request: Request,
+    target: Path,
+    limit: int,
+    requested: str | None,
+    options: dict[bytes, bytes],
+    idle_timeout: float,
 ) -> Format:
     boundary = options.get(b"boundary")
     if not boundary:
@@ -159,7 +174,7 @@ async def _spool_multipart(
             },
         )
         try:
-            async for chunk in body_chunks(request):
+            async for chunk in body_chunks(request, idle_timeout):
                 parser.write(chunk)
             parser.finalize()
         except ApiError:

@@ -292,3 +292,31 @@ def test_api_keys(tmp_path: Path) -> None:
             'inference_rejected_requests_total{model="reference",reason="unauthorized"} 3.0' in scraped.text
         )
         assert "config-key" not in server.output() and "file-key" not in server.output()
+
+
+@pytest.mark.parametrize("path", ["/v1/models/reference/predict", "/v1/models/reference/predict-file"])
+def test_a_client_that_stops_sending_its_body_gets_408(path: str) -> None:
+    with ServerProcess(serve=["reference"], env={"SERVICE_BODY_TIMEOUT": "1"}) as server:
+        content_type = b"application/json" if path.endswith("predict") else b"application/x-ndjson"
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.settimeout(10)
+            started = time.monotonic()
+            sock.sendall(
+                b"POST "
+                + path.encode()
+                + b" HTTP/1.1\r\nHost: x\r\ncontent-type: "
+                + content_type
+                + b"\r\ncontent-length: 1000\r\n\r\n"
+                + b'{"inputs": '
+            )
+            answer = sock.recv(4096)
+            elapsed = time.monotonic() - started
+            while not answer.endswith(b"}"):
+                more = sock.recv(4096)
+                if not more:
+                    break
+                answer += more
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"no part of the request body arrived" in answer
+        assert 0.9 <= elapsed < 5
+        assert post(server.url).status_code == 200
