@@ -44,7 +44,8 @@ import psutil
 
 from benchmarks.inputs import OUTPUT_DIM, model_inputs
 from benchmarks.loadgen import BadResponse, check, percentile, read_response
-from benchmarks.processes import ROOT, ServerUnderTest, python_module, role, service_command, tree
+from benchmarks.processes import python_module, role, service_command, tree
+from tests.support import ROOT, ServerUnderTest
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 MIB = 1024 * 1024
@@ -762,6 +763,16 @@ def overload_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def write_results(out: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """``NAME.json`` (the summary) and ``NAME.md``; the per-request samples, tens of thousands of
+    rows, go to ``NAME.samples.json`` beside them (not committed: see .gitignore)."""
+    summary = {k: v for k, v in result.items() if k not in ("samples", "samples_columns")}
+    raw = {"columns": result["samples_columns"], "samples": result["samples"]}
+    (out / f"{name}.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (out / f"{name}.samples.json").write_bytes(orjson.dumps(raw))
+    (out / f"{name}.md").write_text(markdown, encoding="utf-8")
+
+
 def print_tables(markdown: str) -> None:
     print(markdown, flush=True)
 
@@ -862,8 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["targets"] = overload_targets(result)
     markdown = overload_markdown(result)
-    (args.out / "overload.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    (args.out / "overload.md").write_text(markdown, encoding="utf-8")
+    write_results(args.out, "overload", result, markdown)
     print_tables(markdown)
     log(f"wrote {args.out / 'overload.json'} and {args.out / 'overload.md'}")
     return 0

@@ -5,125 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import httpx
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ServerUnderTest:
-    """A server command in its own session on a free loopback port; ``with`` stops it and every child.
-
-    ``ready_path`` is polled until it answers 200; ``stop_signal`` is what asks it to stop
-    (LitServe stops cleanly on SIGINT only), and the whole process group is killed afterwards.
-    """
-
-    def __init__(
-        self,
-        command: list[str],
-        ready_path: str,
-        env: dict[str, str] | None = None,
-        stop_signal: int = signal.SIGINT,
-        ready_timeout: float = 180.0,
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [arg.replace("{port}", str(self.port)) for arg in command]
-        self.ready_path = ready_path
-        self.stop_signal = stop_signal
-        self.ready_timeout = ready_timeout
-        self.metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
-        self.env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
-            "SERVICE_PORT": str(self.port),
-            **(env or {}),
-        }
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process: subprocess.Popen[bytes] | None = None
-        self.startup_s = float("nan")
-
-    def __enter__(self) -> ServerUnderTest:
-        started = time.monotonic()
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = time.monotonic() - started
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.ready_timeout
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.command} exited with {self.process.returncode}:\n{self.output()}"
-                    )
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(self.ready_path).status_code == 200:
-                        return
-                time.sleep(0.2)
-        raise TimeoutError(f"{self.command} not ready after {self.ready_timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        with open(self.log.name, encoding="utf-8", errors="replace") as handle:
-            return handle.read()[-4000:]
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self.log.close()
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(self.stop_signal)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(timeout=5)
-        with contextlib.suppress(OSError):
-            os.unlink(self.log.name)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
 
 def tree(pid: int) -> list[psutil.Process]:

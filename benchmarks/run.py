@@ -26,15 +26,15 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.processes import (
-    ROOT,
-    ServerUnderTest,
     TreeSampler,
     idle_cpu_percent,
     python_module,
     service_command,
 )
+from tests.support import ROOT, ServerUnderTest  # the tests' server harness, shared
 
 CONTENDERS = ("limit", "naive", "bare", "service")
+CONTENDER_SCRIPTS = {"naive": "naive_fastapi", "bare": "bare_litserve"}  # benchmarks/contenders/*.py
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 
 
@@ -245,21 +245,9 @@ class Bench:
         threads = str(self.threads)
         if name == "limit":
             return self.limit(model, max_batch)
-        if name == "naive":
-            command = python_module(
-                "benchmarks.contenders.naive_fastapi",
-                f"--model={model}",
-                "--port={port}",
-                f"--threads={threads}",
-            )
-            return self.server(command, {}, "/health", "/predict", model)
-        if name == "bare":
-            command = python_module(
-                "benchmarks.contenders.bare_litserve",
-                f"--model={model}",
-                "--port={port}",
-                f"--threads={threads}",
-            )
+        if name in CONTENDER_SCRIPTS:
+            module = f"benchmarks.contenders.{CONTENDER_SCRIPTS[name]}"
+            command = python_module(module, f"--model={model}", "--port={port}", f"--threads={threads}")
             return self.server(command, {}, "/health", "/predict", model)
         command, env = service_command(model)
         return self.server(command, env, "/health/ready", f"/v1/models/{model}/predict", model)

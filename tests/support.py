@@ -1,4 +1,8 @@
-"""Test support: a real server process on a loopback port, owned by a context manager."""
+"""Test support: server processes on a loopback port, owned by context managers.
+
+``ServerUnderTest`` runs any server command (the benchmarks use it for their contenders);
+``ServerProcess`` is ``python -m service serve`` with the helpers the tests need.
+"""
 
 from __future__ import annotations
 
@@ -28,41 +32,51 @@ def free_port() -> int:
         return port
 
 
-class ServerProcess:
-    """``python -m service serve`` in its own session; ``__exit__`` stops it and every child."""
+class ServerUnderTest:
+    """A server command in its own session on a free loopback port; ``with`` stops it and every child.
+
+    ``{port}`` in the command is replaced by the port; ``ready_path`` is polled until it answers
+    200 (unless ``wait_ready`` is false); ``stop_signal`` asks it to stop (LitServe itself stops
+    cleanly on SIGINT only), and the whole process group is killed afterwards.
+    """
 
     def __init__(
         self,
-        serve: list[str] | None = None,
+        command: list[str],
+        ready_path: str,
         env: dict[str, str] | None = None,
-        config: Path | None = None,
-        ready_timeout: float = 120.0,
+        stop_signal: int = signal.SIGINT,
+        ready_timeout: float = 180.0,
         wait_ready: bool = True,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.metrics_dir = tempfile.mkdtemp(prefix="inference-e2e-metrics-")
-        self.env = {
-            **os.environ,
-            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
-            "SERVICE_PORT": str(self.port),
-            "HF_HUB_OFFLINE": "1",
-            **({"SERVICE_SERVE": json.dumps(serve)} if serve else {}),
-            **(env or {}),
-        }
-        self.config = config
+        self.command = [arg.replace("{port}", str(self.port)) for arg in command]
+        self.ready_path = ready_path
+        self.stop_signal = stop_signal
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
-        self.log = tempfile.NamedTemporaryFile(prefix="inference-e2e-", suffix=".log", delete=False)  # noqa: SIM115
+        self.metrics_dir = tempfile.mkdtemp(prefix="inference-test-metrics-")
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+            "SERVICE_PORT": str(self.port),
+            **(env or {}),
+        }
+        self.log = tempfile.NamedTemporaryFile(prefix="inference-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=60.0)
+        self.startup_s = float("nan")
 
-    def __enter__(self) -> ServerProcess:
-        command = [sys.executable, "-m", "service", "serve"]
-        if self.config is not None:
-            command += ["--config", str(self.config)]
+    def __enter__(self) -> ServerUnderTest:
+        started = time.monotonic()
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             if self.wait_ready:
@@ -70,6 +84,7 @@ class ServerProcess:
         except BaseException:
             self.stop()
             raise
+        self.startup_s = time.monotonic() - started
         return self
 
     def __exit__(
@@ -80,60 +95,97 @@ class ServerProcess:
     def wait_until_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if self.client.get("/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {self.ready_timeout} s:\n{self.output()}")
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.command} exited with {self.process.returncode}:\n{self.output()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(self.ready_path).status_code == 200:
+                        return
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.command} not ready after {self.ready_timeout} s:\n{self.output()}")
 
     def output(self) -> str:
         with open(self.log.name, encoding="utf-8", errors="replace") as handle:
             return handle.read()[-8000:]
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def pids(self) -> list[int]:
         """The launcher and every process under it."""
-        assert self.process is not None
         try:
-            root = psutil.Process(self.process.pid)
+            root = psutil.Process(self.pid)
             return [root.pid, *(child.pid for child in root.children(recursive=True))]
         except psutil.NoSuchProcess:
             return []
 
     def group_alive(self) -> list[int]:
         """Processes still alive in the server's session (its process group)."""
-        assert self.process is not None
         alive = []
         for proc in psutil.process_iter(["pid"]):
             try:
-                if os.getpgid(proc.pid) == self.process.pid and proc.status() != psutil.STATUS_ZOMBIE:
+                if os.getpgid(proc.pid) == self.pid and proc.status() != psutil.STATUS_ZOMBIE:
                     alive.append(proc.pid)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 continue
         return alive
 
     def signal(self, signum: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signum)
+        os.kill(self.pid, signum)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        self.client.close()
         self.log.close()
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(self.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
         return self.process.returncode
+
+
+class ServerProcess(ServerUnderTest):
+    """``python -m service serve`` serving ``serve`` (the config's models if None); stopped with SIGTERM."""
+
+    def __init__(
+        self,
+        serve: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+        ready_timeout: float = 120.0,
+        wait_ready: bool = True,
+    ) -> None:
+        command = [sys.executable, "-m", "service", "serve"]
+        if config is not None:
+            command += ["--config", str(config)]
+        super().__init__(
+            command,
+            "/health/ready",
+            env={**({"SERVICE_SERVE": json.dumps(serve)} if serve else {}), **(env or {})},
+            stop_signal=signal.SIGTERM,
+            ready_timeout=ready_timeout,
+            wait_ready=wait_ready,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60.0)
+
+    def __enter__(self) -> ServerProcess:
+        super().__enter__()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        self.client.close()
+        return super().stop(timeout)
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
         return self.client.post(path, json=body, **kwargs)
