@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from benchmarks.inputs import OUTPUT_DIM
 from benchmarks.overload import (
     DEFAULT_OUT,
@@ -47,6 +45,7 @@ from benchmarks.overload import (
     start_service,
     timeline,
     verdict,
+    write_results,
 )
 
 RSS_GROWTH_TARGET = 0.05
@@ -397,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["targets"] = soak_targets(result)
     markdown = soak_markdown(result)
-    (args.out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    (args.out / "soak.md").write_text(markdown, encoding="utf-8")
+    write_results(args.out, "soak", result, markdown)
     plot(result, sampler, args.out / "soak.png")
     print(markdown, flush=True)
     log(f"wrote {args.out / 'soak.json'}, {args.out / 'soak.md'} and {args.out / 'soak.png'}")

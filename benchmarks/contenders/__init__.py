@@ -1,1 +1,14 @@
 """The servers the benchmark compares with the service, each a script run as its own process."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line every contender takes: which model, which port, how many torch threads."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    return parser.parse_args()

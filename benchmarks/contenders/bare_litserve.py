@@ -9,11 +9,11 @@ Requests are ``{"inputs": [x]}`` with one input; answers ``{"outputs": [y]}``.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import litserve as ls
 
+from benchmarks.contenders import parse_args
 from service.repository import ModelRepository
 
 
@@ -51,11 +51,7 @@ class BareAPI(ls.LitAPI):  # type: ignore[misc]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args()
+    args = parse_args()
     spec = ModelRepository().get(args.model).spec
     api = BareAPI(args.model, args.threads, spec.max_batch_size, spec.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu")

@@ -10,7 +10,6 @@ forward is identical; only the serving differs.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from benchmarks.contenders import parse_args
 from service.repository import ModelRepository
 
 
@@ -44,12 +44,8 @@ def build_app(model_name: str, threads: int) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args()
-    # uvicorn defaults (access log on), as the service and bare LitServe run
+    args = parse_args()
+    # uvicorn's defaults, as a user would run it: access log on (the service turns its own off)
     uvicorn.run(build_app(args.model, args.threads), host="127.0.0.1", port=args.port)
 
 
