@@ -1,0 +1,1 @@
+"""The HTTP API, served by the API-server processes (torch-free): one module per protocol."""

@@ -1,0 +1,1 @@
+"""Input files: the readers and the predict-file job the CLI runs in-process."""
