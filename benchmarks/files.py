@@ -191,8 +191,8 @@ def in_process_rate(model: str, batch: int, threads: int, seconds: float = 10.0)
     """Records/s of the bare forward (preprocess + forward + postprocess) at one batch size."""
     code = f"""
 import time, torch
-from service.repository import ModelRepository
-from service.session import InferenceSession
+from service.core.repository import ModelRepository
+from service.worker.session import InferenceSession
 torch.set_num_threads({threads})
 entry = ModelRepository().get({model!r})
 session = InferenceSession(entry.load("cpu"))
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"command": " ".join(["python -m benchmarks.files", *(argv or sys.argv[1:])])}
-    from service.server import torch_threads
+    from service.runtime.launcher import torch_threads
     from service.settings import cpu_count, load_settings
 
     server_threads = torch_threads(load_settings(), 1)  # what the server gives its one worker

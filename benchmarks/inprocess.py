@@ -46,7 +46,7 @@ def current_rss() -> int:
 def load(model: str, threads: int) -> Any:
     import torch
 
-    from service.repository import ModelRepository
+    from service.core.repository import ModelRepository
 
     torch.set_num_threads(threads)
     return ModelRepository().get(model)
@@ -59,8 +59,8 @@ def batches_of(inputs: list[Any], size: int) -> list[list[Any]]:
 
 
 def limit(args: argparse.Namespace) -> dict[str, Any]:
-    from service.session import InferenceSession
-    from service.worker import warmup_input
+    from service.worker.api import warmup_input
+    from service.worker.session import InferenceSession
 
     entry = load(args.model, args.threads)
     session = InferenceSession(entry.load("cpu"), args.grad_mode)
@@ -104,8 +104,8 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bare_memory(args: argparse.Namespace) -> dict[str, Any]:
-    from service.session import InferenceSession
-    from service.worker import warmup_input
+    from service.worker.api import warmup_input
+    from service.worker.session import InferenceSession
 
     entry = load(args.model, args.threads)
     session = InferenceSession(entry.load("cpu"), args.grad_mode)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/readers_throughput.py [--size-mb 200] [--text-chars 200] [--batch-size 256]
 
 Writes the file under /tmp (removed afterwards unless --keep), reads it with
-``service.readers.open_records`` and prints MB/s, records/s and the growth of peak RSS
+``service.files.readers.open_records`` and prints MB/s, records/s and the growth of peak RSS
 (``ru_maxrss``) and current RSS (psutil) over the read. The generator writes in bounded
 blocks, so the baseline is not inflated by it.
 """
@@ -23,7 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.readers import open_records
+from service.files.readers import open_records
 
 WORDS = [
     "the",

@@ -283,7 +283,7 @@ class Bench:
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from service.repository import ModelRepository
+        from service.core.repository import ModelRepository
 
         started = time.monotonic()
         repository = ModelRepository()
@@ -434,7 +434,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from service.server import torch_threads
+    from service.runtime.launcher import torch_threads
     from service.settings import load_settings
 
     plan = QUICK if args.quick else Plan()

@@ -1,4 +1,5 @@
-"""Command line: ``python -m service serve | models | predict-file``."""
+"""Command line: ``python -m service serve | models | predict-file``. Argument parsing only:
+each command calls the library function that does the work."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
-from service.repository import ModelError, ModelRepository
+from service.core.repository import GRAD_MODES, ModelError, ModelRepository
+from service.files.job import DEFAULT_PROGRESS_INTERVAL, run_command
+from service.files.readers import DEFAULT_MAX_LINE_BYTES, FORMATS
 from service.settings import ConfigError, load_settings
 
 
@@ -27,13 +30,77 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models in the repository")
     models.add_argument("--config", type=Path, default=None)
 
-    try:
-        from service.filejob import add_predict_file_parser
-    except ImportError:  # pragma: no cover - filejob is part of the package
-        pass
-    else:
-        add_predict_file_parser(commands)
+    add_predict_file_parser(commands)
     return parser
+
+
+def add_predict_file_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``predict-file`` subcommand; its ``handler`` default is :func:`predict_file_command`."""
+    parser = subparsers.add_parser(
+        "predict-file",
+        help="run a model over a jsonl/csv/txt file, in process, writing NDJSON results",
+        description="Run MODEL over every record of INPUT and write one NDJSON result line per record.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a model name in the repository")
+    parser.add_argument(
+        "input", metavar="INPUT", type=Path, help="the input file (.jsonl, .ndjson, .csv, .txt)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="result file (default: INPUT_STEM.predictions.jsonl)"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="input format (default: from extension)"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="inputs per forward (default: the model's)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its partial file"
+    )
+    parser.add_argument(
+        "--input-key", default="input", help="jsonl key / csv column of the input (default: input)"
+    )
+    parser.add_argument("--id-key", default="id", help="jsonl key / csv column of the id (default: id)")
+    parser.add_argument("--repository", type=Path, default=None, help="model repository folder")
+    parser.add_argument("--grad-mode", choices=GRAD_MODES, default="no_grad", help="autograd off mode")
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="longer lines become error records (default: 1 MiB)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_PROGRESS_INTERVAL,
+        help="seconds between progress lines when stderr is not a terminal",
+    )
+    parser.set_defaults(handler=predict_file_command)
+
+
+def predict_file_command(args: argparse.Namespace) -> int:
+    """Run :func:`service.files.job.run_command` with parsed ``predict-file`` arguments."""
+    return run_command(
+        args.model,
+        args.input,
+        output=args.output,
+        fmt=args.format,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        input_key=args.input_key,
+        id_key=args.id_key,
+        repository=args.repository,
+        grad_mode=args.grad_mode,
+        max_line_bytes=args.max_line_bytes,
+        progress_interval=args.progress_interval,
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            from service.server import serve
+            from service.runtime.launcher import serve
 
             settings = load_settings(args.config, host=args.host, port=args.port)
             logging.getLogger().setLevel(settings.log_level.upper())
@@ -55,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<16} {spec.version:<8} {spec.task:<22} {served:<7} {spec.description}")
             return 0
         if args.command == "predict-file":
-            from service.filejob import predict_file_command
-
             return predict_file_command(args)
     except (ConfigError, ModelError) as exc:
         print(f"service: error: {exc}", file=sys.stderr)

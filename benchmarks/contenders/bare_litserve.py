@@ -14,7 +14,7 @@ from typing import Any
 import litserve as ls
 
 from benchmarks.contenders import parse_args
-from service.repository import ModelRepository
+from service.core.repository import ModelRepository
 
 
 class BareAPI(ls.LitAPI):  # type: ignore[misc]

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from benchmarks.contenders import parse_args
-from service.repository import ModelRepository
+from service.core.repository import ModelRepository
 
 
 class PredictRequest(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from service.repository import ModelError, ModelSpec
+from service.core.repository import ModelError, ModelSpec
 
 
 def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

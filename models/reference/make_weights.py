@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.reference.model import MLP, MLPConfig
-from service.repository import sha256_file
+from service.core.repository import sha256_file
 
 
 def main() -> None:

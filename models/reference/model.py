@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from service.repository import ModelSpec
+from service.core.repository import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,34 @@
-"""Errors as the HTTP API shows them: always JSON ``{"error": "..."}`` with the right status."""
+"""Errors as the HTTP API shows them, and the request id that log lines name.
+
+:class:`ApiError` is raised wherever a request cannot be served (the dispatch core, uploads,
+auth); each protocol module catches it and renders it in its own shape. The native routes (and
+every route without a shape of its own) answer JSON ``{"error": "..."}`` with the right status.
+"""
 
 from __future__ import annotations
 
-import logging
+from contextvars import ContextVar
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-logger = logging.getLogger("service.errors")
+# the X-Request-ID of the request this task is handling (set by service.api.app's middleware)
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+def current_request_id() -> str:
+    """The id of the request being handled, for log lines ("-" outside a request)."""
+    return REQUEST_ID.get()
 
 
 class ApiError(Exception):
-    """A request that cannot be served; becomes a JSON error response."""
+    """A request that cannot be served: an HTTP status, a message, and headers to send."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -25,7 +37,19 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> Response:
+        """The native shape: ``{"error": message}``."""
         return json_response({"error": self.message}, self.status, self.headers)
+
+
+class ErrorResponse(BaseModel):
+    """The body of every native error answer."""
+
+    error: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring these error statuses with the ``{"error": ...}`` body."""
+    return {code: {"model": ErrorResponse, "description": HTTPStatus(code).phrase} for code in codes}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -48,6 +72,9 @@ def describe_validation(exc: ValidationError | RequestValidationError, prefix: s
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Framework errors (unknown path, wrong method, FastAPI validation) in the native shape.
+    Unexpected exceptions are answered by the request-id middleware in ``service.api.app``."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return exc.response()
@@ -65,8 +92,3 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return json_response({"error": describe_validation(exc)}, 422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return json_response({"error": "internal server error"}, 500)

@@ -1,4 +1,5 @@
-"""Spooling uploads to disk in bounded chunks, in the API server.
+"""Request bodies, read in bounded chunks in the API server: JSON bodies, and file uploads
+spooled to disk.
 
 LitServe would hold a whole upload in memory and pickle it to a worker; here the body goes
 straight from the socket into a spool file (``with open(..., "wb")``), raw or as the single
@@ -8,18 +9,16 @@ part of ``multipart/form-data``, and the size limit answers 413 as soon as it is
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ApiError
-from service.readers import FORMATS, Format
+from service.api.errors import ApiError
+from service.files.readers import FORMATS, Format
 
 CONTENT_TYPES: dict[str, Format] = {
     "application/x-ndjson": "jsonl",
@@ -29,28 +28,7 @@ CONTENT_TYPES: dict[str, Format] = {
     "text/plain": "txt",
 }
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
-SPOOL_SUFFIXES = (".in", ".out", ".cancel", ".batch")
-
-
-def default_spool_dir(port: int) -> Path:
-    return Path(tempfile.gettempdir()) / f"inference-spool-{port}"
-
-
-def clean_spool_dir(folder: Path) -> int:
-    """Create the folder; remove spool files a crashed run left behind. Returns how many."""
-    folder.mkdir(parents=True, exist_ok=True)
-    removed = 0
-    for leftover in [*folder.iterdir(), *folder.glob("workers/*")]:
-        if leftover.suffix in SPOOL_SUFFIXES and leftover.is_file():
-            leftover.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def remove_quietly(*paths: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+JSON_TYPES = ("application/json",)
 
 
 async def body_chunks(request: Request, idle_timeout: float) -> AsyncIterator[bytes]:
@@ -67,6 +45,28 @@ async def body_chunks(request: Request, idle_timeout: float) -> AsyncIterator[by
         except ClientDisconnect:
             raise ApiError(499, "client closed the request before sending the whole body") from None
         yield chunk
+
+
+async def read_json(request: Request, limit: int, idle_timeout: float) -> Any:
+    """The body parsed as JSON: 415 for another content type, 413 past ``limit`` bytes, 400 if malformed."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        shown = content_type or "none"
+        raise ApiError(415, f"content type must be application/json, got {shown}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in body_chunks(request, idle_timeout):
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+    if not body:
+        raise ApiError(400, 'request body is empty; expected a JSON object like {"inputs": [...]}')
+    try:
+        return orjson.loads(bytes(body))
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
 
 
 class _Part:

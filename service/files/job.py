@@ -1,6 +1,6 @@
 """The predict-file job: stream an input file through a model into an NDJSON result file.
 
-Behind ``python -m service predict-file``. Results are written in input order, error
+Behind ``python -m service predict-file`` (``service.cli`` parses its arguments). Results are written in input order, error
 records in their place, to ``.<name>.partial`` beside the output; only a finished job is
 fsynced and renamed to the final name, so a crash or a model error never leaves a truncated
 file there. ``--resume`` continues an interrupted job from its partial file.
@@ -9,7 +9,6 @@ file there. ``--resume`` continues an interrupted job from its partial file.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -22,10 +21,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import orjson
 
-from service.readers import (
+from service.core.repository import (
+    DEFAULT_REPOSITORY,
+    GradMode,
+    InputSpec,
+    ModelError,
+    ModelRepository,
+    ModelSpec,
+)
+from service.files.readers import (
     DEFAULT_MAX_LINE_BYTES,
     FLOAT32_MAX,
-    FORMATS,
     Format,
     FormatError,
     Record,
@@ -33,17 +39,9 @@ from service.readers import (
     check_format,
     open_records,
 )
-from service.repository import (
-    DEFAULT_REPOSITORY,
-    GRAD_MODES,
-    InputSpec,
-    ModelError,
-    ModelRepository,
-    ModelSpec,
-)
 
 if TYPE_CHECKING:  # torch loads only when a job runs, not when the CLI parser is built
-    from service.session import InferenceSession
+    from service.worker.session import InferenceSession
 
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
@@ -333,55 +331,22 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-# --- command line ---------------------------------------------------------------------------
-
-
-def add_predict_file_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``predict-file`` subcommand; its ``handler`` default is :func:`predict_file_command`."""
-    parser = subparsers.add_parser(
-        "predict-file",
-        help="run a model over a jsonl/csv/txt file, in process, writing NDJSON results",
-        description="Run MODEL over every record of INPUT and write one NDJSON result line per record.",
-    )
-    parser.add_argument("model", metavar="MODEL", help="a model name in the repository")
-    parser.add_argument(
-        "input", metavar="INPUT", type=Path, help="the input file (.jsonl, .ndjson, .csv, .txt)"
-    )
-    parser.add_argument(
-        "-o", "--output", type=Path, default=None, help="result file (default: INPUT_STEM.predictions.jsonl)"
-    )
-    parser.add_argument(
-        "--format", choices=FORMATS, default=None, help="input format (default: from extension)"
-    )
-    parser.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="inputs per forward (default: the model's)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run from its partial file"
-    )
-    parser.add_argument(
-        "--input-key", default="input", help="jsonl key / csv column of the input (default: input)"
-    )
-    parser.add_argument("--id-key", default="id", help="jsonl key / csv column of the id (default: id)")
-    parser.add_argument("--repository", type=Path, default=None, help="model repository folder")
-    parser.add_argument("--grad-mode", choices=GRAD_MODES, default="no_grad", help="autograd off mode")
-    parser.add_argument(
-        "--max-line-bytes",
-        type=_positive_int,
-        default=DEFAULT_MAX_LINE_BYTES,
-        help="longer lines become error records (default: 1 MiB)",
-    )
-    parser.add_argument(
-        "--progress-interval",
-        type=float,
-        default=DEFAULT_PROGRESS_INTERVAL,
-        help="seconds between progress lines when stderr is not a terminal",
-    )
-    parser.set_defaults(handler=predict_file_command)
-
-
-def predict_file_command(args: argparse.Namespace) -> int:
-    """Run the job for parsed ``predict-file`` arguments and print a one-line summary.
+def run_command(
+    model: str,
+    input_path: Path,
+    *,
+    output: Path | None = None,
+    fmt: Format | None = None,
+    batch_size: int | None = None,
+    resume: bool = False,
+    input_key: str = "input",
+    id_key: str = "id",
+    repository: Path | None = None,
+    grad_mode: GradMode = "no_grad",
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+) -> int:
+    """Run ``python -m service predict-file`` and print a one-line summary.
 
     Returns 0 when done; 2 for bad arguments, an unknown model or an input that is not its
     format; 1 if the model cannot load or fails mid-file, 130 on Ctrl-C (a failed run keeps
@@ -392,32 +357,29 @@ def predict_file_command(args: argparse.Namespace) -> int:
         print(f"predict-file: {message}", file=sys.stderr)
         return code
 
-    input_path: Path = args.input
-    fmt: Format | None = args.format or EXTENSIONS.get(input_path.suffix.lower())
+    fmt = fmt or EXTENSIONS.get(input_path.suffix.lower())
     if fmt is None:
         return fail(f"cannot tell the format of {input_path} from its extension; pass --format jsonl|csv|txt")
     if not input_path.is_file():
         return fail(f"{input_path} is not a file")
-    output_path: Path = args.output or input_path.with_name(input_path.stem + ".predictions.jsonl")
+    output_path: Path = output or input_path.with_name(input_path.stem + ".predictions.jsonl")
     if output_path.resolve() == input_path.resolve():
         return fail("the output would overwrite the input; pass another -o")
     try:
-        entry = ModelRepository(args.repository or DEFAULT_REPOSITORY).get(args.model)
+        entry = ModelRepository(repository or DEFAULT_REPOSITORY).get(model)
         # a bad file is reported before the (possibly slow) model load
-        check_format(
-            input_path, fmt, input_key=args.input_key, id_key=args.id_key, max_line_bytes=args.max_line_bytes
-        )
+        check_format(input_path, fmt, input_key=input_key, id_key=id_key, max_line_bytes=max_line_bytes)
     except (ModelError, FormatError, OSError) as exc:
         return fail(str(exc))
     try:
-        from service.session import InferenceSession
+        from service.worker.session import InferenceSession
 
-        session = InferenceSession(entry.load("cpu"), args.grad_mode)
+        session = InferenceSession(entry.load("cpu"), grad_mode)
     except ModelError as exc:
         return fail(str(exc))
     except Exception as exc:  # a broken model.py: say so in one line rather than a traceback
-        return fail(f"cannot load model {args.model!r}: {type(exc).__name__}: {exc}", 1)
-    batch_size: int = args.batch_size or entry.spec.max_batch_size
+        return fail(f"cannot load model {model!r}: {type(exc).__name__}: {exc}", 1)
+    size = batch_size or entry.spec.max_batch_size
     started = time.monotonic()
     try:
         result = run_predict_file(
@@ -426,13 +388,13 @@ def predict_file_command(args: argparse.Namespace) -> int:
             input_path,
             output_path,
             fmt,
-            batch_size,
-            resume=args.resume,
+            size,
+            resume=resume,
             progress=True,
-            progress_interval=args.progress_interval,
-            input_key=args.input_key,
-            id_key=args.id_key,
-            max_line_bytes=args.max_line_bytes,
+            progress_interval=progress_interval,
+            input_key=input_key,
+            id_key=id_key,
+            max_line_bytes=max_line_bytes,
         )
     except FormatError as exc:
         return fail(str(exc))
@@ -452,22 +414,3 @@ def predict_file_command(args: argparse.Namespace) -> int:
         f"-> {result.output} in {elapsed:.1f} s ({result.records / max(elapsed, 1e-9):,.0f} rec/s)"
     )
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-__all__ = [
-    "EXTENSIONS",
-    "JobResult",
-    "add_predict_file_parser",
-    "format_record",
-    "input_validator",
-    "partial_path",
-    "predict_file_command",
-    "run_predict_file",
-]

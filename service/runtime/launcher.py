@@ -4,7 +4,6 @@ validated start-up before the port is bound, SIGTERM/SIGINT drain, and no proces
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -17,20 +16,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import litserve as ls
-from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
-
 from service import metrics
-from service.repository import ModelRepository
-from service.routes import ModelRoute, ServiceState, register_routes, request_model_for
+from service.api.app import register
+from service.api.native import request_model_for
+from service.api.state import ModelRoute, ServiceState
+from service.core.repository import ModelRepository
+from service.core.spool import clean_spool_dir, default_spool_dir
+from service.runtime.litserve import LitServer, LitServeRuntime, create_server, internal_path
+from service.runtime.supervisor import WorkerMonitor, reap_children
 from service.settings import ModelOverrides, Settings, cpu_count
-from service.uploads import clean_spool_dir, default_spool_dir
-from service.worker import ModelAPI, WorkerConfig, batch_ledger_path, internal_path, read_batch_ledger
+from service.worker.api import ModelAPI, WorkerConfig
 
-logger = logging.getLogger("service.server")
-
-# LitServe's own routes that we replace (health, info, its default index and the internal queue paths)
-_LITSERVE_ROUTES = {"/", "/health", "/info"}
+logger = logging.getLogger("service.launcher")
 
 
 def preflight(settings: Settings) -> ModelRepository:
@@ -51,7 +48,15 @@ def torch_threads(settings: Settings, total_workers: int) -> int:
     return settings.torch_threads or max(1, spare // max(1, total_workers))
 
 
-def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.LitServer, ServiceState]:
+def build_server(settings: Settings, repository: ModelRepository) -> tuple[LitServer, ServiceState]:
+    """The LitServer for the served models (workers not started yet) and the API servers' state,
+    every route registered on its app."""
+    runtime, state = build_runtime(settings, repository)
+    return runtime.server, state
+
+
+def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitServeRuntime, ServiceState]:
+    """:func:`build_server`, with the runtime handle the launcher drives it through."""
     plans: list[tuple[str, Any, ModelOverrides]] = []
     for name in settings.serve:
         entry = repository.get(name)
@@ -91,27 +96,13 @@ def build_server(settings: Settings, repository: ModelRepository) -> tuple[ls.Li
             device=settings.accelerator,
         )
 
-    server = ls.LitServer(
-        apis,
-        accelerator=settings.accelerator,
-        workers_per_device=workers,
-        timeout=False,  # our deadline covers queue and compute; LitServe's covers only the queue
-        fast_queue=settings.fast_queue,
-        restart_workers=False,
+    server = create_server(
+        apis, accelerator=settings.accelerator, workers_per_device=workers, fast_queue=settings.fast_queue
     )
-    # LitServe's monitor races our shutdown and, on a dead worker, stops the server from a
-    # thread while run() still waits; WorkerMonitor below replaces it.
-    server._monitor_workers = False
-    internal = {internal_path(name) for name in settings.serve}
-    server.app.router.routes = [
-        route
-        for route in server.app.router.routes
-        if getattr(route, "path", None) not in _LITSERVE_ROUTES | internal
-    ]
-    state = ServiceState(settings, routes)
-    state.server = server
-    register_routes(server.app, state)
-    return server, state
+    runtime = LitServeRuntime(server)
+    state = ServiceState(settings, routes, runtime, runtime.channel)
+    register(server.app, state)
+    return runtime, state
 
 
 def wipe_metrics_dir() -> None:
@@ -129,8 +120,8 @@ class Drain:
     """SIGTERM/SIGINT: readiness and new requests turn 503 at once; in-flight requests finish
     (up to ``shutdown_grace`` seconds); then LitServe stops its processes."""
 
-    def __init__(self, server: ls.LitServer, state: ServiceState) -> None:
-        self.server = server
+    def __init__(self, runtime: LitServeRuntime, state: ServiceState) -> None:
+        self.runtime = runtime
         self.state = state
         self.pid = os.getpid()
         self.started = False
@@ -155,11 +146,7 @@ class Drain:
 
     def _drain(self, name: str) -> None:
         # readiness needs a Manager round trip, which this thread may make (the handler may not)
-        serving = self.serving.is_set() or (
-            self.server._shutdown_event is not None
-            and bool(self.server.__dict__.get("inference_workers"))
-            and all(self.state.readiness().values())
-        )
+        serving = self.serving.is_set() or (self.runtime.started() and all(self.state.readiness().values()))
         if not serving:
             logger.info("%s during start-up: stopping", name)
             os.kill(self.pid, signal.SIGINT)  # the handler, called again, interrupts the main thread
@@ -175,119 +162,7 @@ class Drain:
             logger.info("drained: no request in flight")
             # the last answers leave the handlers just before their bytes reach the socket
             time.sleep(DRAIN_LINGER)
-        event = self.server._shutdown_event
-        if event is not None:
-            event.set()
-
-
-class WorkerMonitor:
-    """Replaces LitServe's worker monitor. A worker that dies is replaced without restarting
-    the server; the requests it was computing (its batch ledger) get a 503 at once; readiness
-    shows the gap; ``inference_worker_restarts_total`` counts it. A worker that keeps failing
-    at start-up stops the server with a non-zero status and the cause, instead of looping."""
-
-    MAX_START_FAILURES = 3
-
-    def __init__(
-        self, server: ls.LitServer, state: ServiceState, drain: Drain, interval: float = 1.0
-    ) -> None:
-        self.server = server
-        self.state = state
-        self.drain = drain
-        self.interval = interval
-        self.failure: str | None = None
-        self.start_failures: dict[tuple[str, int], int] = {}
-        self.slots: list[tuple[Any, str, int]] = []  # (lit_api, model, worker index) per process slot
-        for api in server.litapi_connector:
-            model = api.config.model
-            for index in range(len(server._inference_workers_config_for_api(api.api_path))):
-                self.slots.append((api, model, index))
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="worker-monitor", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            while not self.state.shutting_down.value:
-                time.sleep(self.interval)
-                self._check()
-        except Exception:  # the monitor must never die silently
-            logger.exception("worker monitor failed")
-
-    def _check(self) -> None:
-        workers = self.server.__dict__.get("inference_workers") or []
-        event = self.server._shutdown_event
-        if event is None or len(workers) != len(self.slots) or self.state.shutting_down.value:
-            return
-        # only the exit codes while all is well (cheap); the Manager is asked when something changed
-        if (
-            self.drain.serving.is_set()
-            and all(p.exitcode is None for p in workers)
-            and not self.start_failures
-        ):
-            return
-        status = dict(self.server.workers_setup_status.items())
-        if not self.drain.serving.is_set() and all(self.state.readiness().values()):
-            self.drain.serving.set()
-        for slot, process in enumerate(workers):
-            api, model, index = self.slots[slot]
-            key = f"{model}_{index}"
-            if status.get(key) == WorkerSetupStatus.READY:
-                self.start_failures.pop((model, index), None)
-            if process.exitcode is None and status.get(key) != WorkerSetupStatus.ERROR:
-                continue
-            if process.exitcode is None:
-                process.join(timeout=5)
-            started = status.get(key) == WorkerSetupStatus.READY
-            cause = f"exit status {process.exitcode}" if started else "failed to start (see its error above)"
-            logger.error("model %s worker %d (pid %s) died: %s", model, index, process.pid, cause)
-            if process.pid is not None:
-                metrics.mark_process_dead(process.pid)
-            self._fail_in_flight(model, index)
-            if not started:
-                failures = self.start_failures.get((model, index), 0) + 1
-                self.start_failures[(model, index)] = failures
-                if failures >= self.MAX_START_FAILURES:
-                    self.failure = (
-                        f"model {model} worker {index} failed to start {failures} times in a row; giving up"
-                    )
-                    logger.error("%s", self.failure)
-                    self.state.shutting_down.value = 1
-                    event.set()
-                    return
-            metrics.WORKER_RESTARTS.labels(model).inc()
-            workers[slot] = self.server.launch_single_inference_worker(api, index)
-            logger.info("model %s worker %d replaced (pid %s)", model, index, workers[slot].pid)
-
-    def _fail_in_flight(self, model: str, index: int) -> None:
-        ledger = batch_ledger_path(self.state.spool_dir, model, index)
-        error = {
-            "status": 503,
-            "error": f"the inference worker for {model!r} died while computing this request; retry",
-        }
-        for queue_id, uid in read_batch_ledger(ledger):
-            message = (uid, (error, LitAPIStatus.ERROR, LoopResponseType.STREAMING, index))
-            self.server._transport.send(message, consumer_id=queue_id)
-        ledger.unlink(missing_ok=True)
-
-
-def reap_children(timeout: float = 5.0) -> None:
-    """Terminate, then kill, whatever child processes are left (LitServe may leave some)."""
-    from multiprocessing import resource_tracker
-
-    import psutil
-
-    # the resource tracker ignores SIGTERM by design and exits on its own when we do
-    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-    children = [child for child in psutil.Process().children(recursive=True) if child.pid != tracker]
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(alive, timeout=timeout)
+        self.runtime.stop()
 
 
 def serve(settings: Settings) -> int:
@@ -298,22 +173,20 @@ def serve(settings: Settings) -> int:
         metrics.disable()
     metrics.initialise_api_labels(settings.serve)
     metrics.initialise_launcher_labels(settings.serve)
-    server, state = build_server(settings, repository)
+    runtime, state = build_runtime(settings, repository)
     leftovers = clean_spool_dir(state.spool_dir)
     if leftovers:
         logger.warning("removed %d spool files left by an earlier run from %s", leftovers, state.spool_dir)
-    drain = Drain(server, state)
+    drain = Drain(runtime, state)
     drain.install()
-    monitor = WorkerMonitor(server, state, drain)
+    monitor = WorkerMonitor(runtime, state, drain.serving)
     monitor.start()
     try:
-        server.run(
+        runtime.run(
             host=settings.host,
             port=settings.port,
             num_api_servers=settings.num_api_servers,
             log_level=settings.log_level,
-            generate_client_file=False,
-            api_server_worker_type="process",
             access_log=settings.access_log,
         )
     except KeyboardInterrupt:

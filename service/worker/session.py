@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from service.repository import GRAD_MODES, GradMode, Model
+from service.core.repository import GRAD_MODES, GradMode, Model
 
 __all__ = ["GRAD_MODES", "GradMode", "InferenceSession"]
 

@@ -342,7 +342,7 @@ def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def spool_dir(server: ServerProcess) -> Path:
-    from service.uploads import default_spool_dir
+    from service.core.spool import default_spool_dir
 
     return default_spool_dir(server.port)
 

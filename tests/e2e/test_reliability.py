@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from service.repository import DEFAULT_REPOSITORY
+from service.core.repository import DEFAULT_REPOSITORY
 from tests.support import ROOT, ServerProcess
 
 VECTOR = {"inputs": [[0.25] * 16]}

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
 
-from service.repository import ModelRepository
-from service.server import build_server
+from service.core.repository import ModelRepository
+from service.runtime.launcher import build_server
 from service.settings import load_settings
 
 

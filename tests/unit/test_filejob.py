@@ -1,4 +1,4 @@
-"""service.filejob with the real reference model: results, order, atomic output, resume, progress, CLI."""
+"""service.files.job (and the predict-file CLI) with the real reference model: results, order, atomic output, resume, progress, CLI."""
 
 from __future__ import annotations
 
@@ -14,17 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
-from service.filejob import (
-    JobResult,
-    add_predict_file_parser,
-    format_record,
-    partial_path,
-    predict_file_command,
-    run_predict_file,
-)
-from service.readers import FormatError
-from service.repository import ModelEntry, ModelRepository
-from service.session import InferenceSession
+from service.cli import add_predict_file_parser, predict_file_command
+from service.core.repository import ModelEntry, ModelRepository
+from service.files.job import JobResult, format_record, partial_path, run_predict_file
+from service.files.readers import FormatError
+from service.worker.session import InferenceSession
 
 DIM = 16
 

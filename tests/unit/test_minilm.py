@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models.minilm.model import MiniLMEmbedder, mean_pool
-from service.repository import ModelRepository
-from service.session import InferenceSession
+from service.core.repository import ModelRepository
+from service.worker.session import InferenceSession
 
 SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
 # published in the sentence-transformers README for all-MiniLM-L6-v2

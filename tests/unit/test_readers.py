@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.readers import FormatError, Record, check_format, check_head, open_records
+from service.files.readers import FormatError, Record, check_format, check_head, open_records
 
 
 def read_all(path: Path, fmt: Any, **options: Any) -> list[Record]:

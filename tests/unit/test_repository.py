@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.repository import DEFAULT_REPOSITORY, ModelError, ModelRepository, sha256_file
-from service.session import InferenceSession
+from service.core.repository import DEFAULT_REPOSITORY, ModelError, ModelRepository, sha256_file
+from service.worker.session import InferenceSession
 
 
 def copy_reference(tmp_path: Path, name: str = "reference") -> Path:

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from service.errors import describe_validation
-from service.repository import InputSpec, ModelRepository
-from service.routes import FLOAT32_MAX, request_model_for
+from service.api.errors import describe_validation
+from service.api.native import FLOAT32_MAX, request_model_for
+from service.core.repository import InputSpec, ModelRepository
 
 SPECS = {name: ModelRepository().get(name).spec for name in ("minilm", "reference")}
 MODELS = {name: request_model_for(spec) for name, spec in SPECS.items()}

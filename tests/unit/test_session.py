@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from service.session import InferenceSession
+from service.worker.session import InferenceSession
 
 
 class Linear:

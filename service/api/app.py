@@ -1,0 +1,87 @@
+"""Everything the API servers serve, registered on LitServe's FastAPI app.
+
+One module per protocol registers its routes here: native (``/v1/models/...``), files
+(``predict-file``), health and metrics; a new protocol (``v2.py``, ``openai.py``) adds one line.
+Every response of every route carries an ``X-Request-ID``: the client's when it sent a sane one,
+else a generated one; error log lines name it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+
+from service.api import files, health, native
+from service.api.errors import REQUEST_ID, install_error_handlers, json_response
+from service.api.state import ServiceState
+
+logger = logging.getLogger("service.api")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def register(app: FastAPI, state: ServiceState) -> None:
+    """Put ``state`` on the app and register every route, the error handlers and the middleware."""
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    native.register(app, state)
+    files.register(app)
+    health.register(app)
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-ID`` if it is 1–128 characters of ``[A-Za-z0-9._:-]``, else a new one."""
+    for key, value in headers:
+        if key == REQUEST_ID_HEADER:
+            if _SANE_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id (``request.state.request_id``, and the context that log
+    lines read), sends it back as ``X-Request-ID``, and answers an unexpected exception with a
+    logged 500 that names it. Plain ASGI: streaming bodies pass through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope.get("headers") or [])
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        started = False
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [
+                    pair for pair in message.get("headers", []) if pair[0].lower() != REQUEST_ID_HEADER
+                ]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception(
+                "unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), request_id
+            )
+            if started:
+                raise
+            response = json_response({"error": "internal server error"}, 500)
+            await response(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)

@@ -1,0 +1,63 @@
+"""Health and metrics: ``GET /health/live``, ``GET /health/ready``, ``GET /metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from service import metrics
+from service.api.auth import require_metrics_key
+from service.api.errors import error_responses, json_response
+from service.api.state import service_state
+
+
+async def live() -> Response:
+    """200 while the server runs."""
+    return json_response({"status": "live"})
+
+
+async def ready(request: Request) -> Response:
+    """200 when every model is loaded and warmed in all its workers; 503 before, during a
+    worker's replacement, and while shutting down."""
+    state = service_state(request)
+    models = state.readiness()
+    if state.shutting_down.value:
+        return json_response({"status": "shutting down", "models": models}, 503)
+    if not all(models.values()):
+        return json_response({"status": "not ready", "models": models}, 503)
+    return json_response({"status": "ready", "models": models})
+
+
+async def scrape(request: Request) -> Response:
+    """Prometheus text format, from every process's metric files."""
+    require_metrics_key(request)
+    state = service_state(request)
+    body = await asyncio.to_thread(metrics.render, state.readiness)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def register(app: FastAPI) -> None:
+    app.add_api_route("/health/live", live, methods=["GET"], tags=["health"])
+    app.add_api_route(
+        "/health/ready",
+        ready,
+        methods=["GET"],
+        tags=["health"],
+        responses={503: {"description": "A model is not ready yet, or the server is shutting down"}},
+    )
+    app.add_api_route(
+        "/metrics",
+        scrape,
+        methods=["GET"],
+        tags=["metrics"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **error_responses(401),
+        },
+    )

@@ -1,0 +1,108 @@
+"""What the API servers share, read by every handler from ``request.app.state``.
+
+The state is created in the launcher before LitServe forks the API servers, so each of them
+inherits it; the cross-process parts (the shutting-down flag and each model's in-flight count)
+are ``multiprocessing.Value``s.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
+from starlette.requests import Request
+
+from service import metrics
+from service.api.dispatch import Dispatcher
+from service.api.errors import ApiError
+from service.core.repository import ModelSpec
+from service.core.spool import default_spool_dir
+from service.runtime.litserve import worker_key
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.core.messages import RequestChannel
+
+
+@dataclass
+class ModelRoute:
+    """One served model as the API servers see it."""
+
+    spec: ModelSpec
+    request_model: type[BaseModel]  # the native route's {"inputs": [...]} schema for this model
+    workers: int
+    max_queue_size: int
+    max_batch_size: int
+    inflight: Any  # multiprocessing.Value("i") shared by every API server process
+    device: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class WorkerStates(Protocol):
+    """Where readiness comes from (``service.runtime.litserve.LitServeRuntime``)."""
+
+    def worker_states(self) -> Mapping[str, str]: ...
+
+
+class ServiceState:
+    """What the API servers share: settings, the served models, the dispatcher, readiness."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes: dict[str, ModelRoute],
+        workers: WorkerStates,
+        channel: RequestChannel,
+    ) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.workers = workers
+        self.shutting_down = mp.Value("b", 0)
+        self.spool_dir: Path = settings.spool_dir or default_spool_dir(settings.port)
+        self.api_keys = [key.encode() for key in settings.all_api_keys()]
+        self.metrics_keys = (
+            [settings.metrics_api_key.get_secret_value().encode()] if settings.metrics_api_key else []
+        )
+        self.dispatcher = Dispatcher(
+            channel, self.shutting_down, self.spool_dir, linger=settings.max_request_timeout
+        )
+
+    def route(self, name: str) -> ModelRoute:
+        """The served model called ``name``; 404 otherwise."""
+        route = self.routes.get(name)
+        if route is None:
+            known = ", ".join(self.routes)
+            raise ApiError(404, f"model {name[:100]!r} is not served here (served: {known})")
+        return route
+
+    def model_label(self, name: str | None) -> str:
+        """``name`` as a metric label: a served model, or ``unknown`` (labels stay bounded)."""
+        return name if name is not None and name in self.routes else metrics.UNKNOWN_MODEL
+
+    def readiness(self) -> dict[str, bool]:
+        """Per model: whether every one of its workers has loaded and warmed it."""
+        snapshot = self.workers.worker_states()
+        return {
+            name: all(snapshot.get(worker_key(name, index)) == "ready" for index in range(route.workers))
+            for name, route in self.routes.items()
+        }
+
+    def observe(self, model: str, endpoint: str, started: float, code: int) -> None:
+        """Count one answered request of a model route (``endpoint`` is the route template)."""
+        label = self.model_label(model)
+        metrics.REQUESTS.labels(label, endpoint, str(code)).inc()
+        metrics.REQUEST_DURATION.labels(label, endpoint).observe(time.perf_counter() - started)
+
+
+def service_state(request: Request) -> ServiceState:
+    """The shared state of the app serving ``request``."""
+    state: ServiceState = request.app.state.service
+    return state

@@ -1,0 +1,101 @@
+"""The inference worker's LitAPI: a thin shell that owns one model's InferenceSession.
+
+LitServe spawns one process per worker and calls ``setup`` there (``LITSERVE_WORKER_ID`` names
+the worker); :class:`service.worker.loop.BatchingLoop` then feeds the session batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service import metrics
+from service.core.repository import GradMode, ModelRepository, ModelSpec
+from service.runtime.litserve import LitAPI, internal_path
+from service.worker.loop import BatchingLoop
+from service.worker.memory import MemoryReporter
+
+if TYPE_CHECKING:  # torch is imported in the worker only: API servers stay small
+    from service.worker.session import InferenceSession
+
+logger = logging.getLogger("service.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs, picklable (LitServe spawns workers with a pickled LitAPI)."""
+
+    model: str
+    repository: Path
+    grad_mode: GradMode
+    torch_threads: int
+    max_batch_size: int
+    batch_timeout: float
+    max_line_bytes: int = 1 << 20
+    metrics: bool = True
+    # where cancel markers (client gone) appear and this worker records the batch it is computing
+    spool_dir: Path | None = None
+
+
+class ModelAPI(LitAPI):  # type: ignore[misc]
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout,
+            api_path=internal_path(config.model),
+            stream=True,  # responses travel as a sequence of messages (files stream many)
+            loop=BatchingLoop(),
+        )
+        self.config = config
+        self.session: InferenceSession | None = None
+        self.spec: ModelSpec | None = None
+        self.memory: MemoryReporter | None = None
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from service.worker.session import InferenceSession
+
+        # The launcher orchestrates shutdown: a terminal's Ctrl-C must not kill workers mid-batch.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not self.config.metrics:
+            metrics.disable()
+        started = time.perf_counter()
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        entry = ModelRepository(self.config.repository).get(self.config.model)
+        self.spec = entry.spec
+        model = entry.load(device)
+        self.session = InferenceSession(model, self.config.grad_mode)
+        self.session.run([warmup_input(entry.spec)])
+        worker = os.environ.get("LITSERVE_WORKER_ID", "0")
+        metrics.initialise_worker_labels(self.config.model)
+        metrics.MODEL_LOAD_DURATION.labels(self.config.model).set(time.perf_counter() - started)
+        metrics.MODEL_INFO.labels(
+            self.config.model, entry.spec.version, str(device), self.config.grad_mode
+        ).set(1)
+        self.memory = MemoryReporter(self.config.model, worker, str(device))
+        self.memory.sample()
+        self.memory.start()
+        logger.info("worker %s: model %s ready on %s", worker, self.config.model, device)
+
+    # LitServe requires these hooks to exist; our loop calls the session directly.
+    def decode_request(self, request: Any) -> Any:
+        return request
+
+    def predict(self, x: Any) -> Any:
+        return x
+
+    def encode_response(self, output: Any) -> Any:
+        return output
+
+
+def warmup_input(spec: ModelSpec) -> Any:
+    if spec.inputs.kind == "vector":
+        return [0.0] * (spec.inputs.dim or 1)
+    return "warm-up"
