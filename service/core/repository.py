@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 GradMode = Literal["no_grad", "inference_mode"]
 GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
 
-DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _CHUNK = 1 << 20
 
