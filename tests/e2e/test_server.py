@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -212,3 +214,44 @@ def test_ready_goes_503_to_200_and_sigterm_leaves_nothing_behind() -> None:
         assert process.group_alive() == [], f"left behind: {process.group_alive()}"
         assert elapsed < 10
         assert status == 0, process.output()
+
+
+REQUEST_ID_CALLS = [
+    ("POST", "/v1/models/reference/predict", {"json": {"inputs": [[0.0] * 16]}}, 200),
+    ("POST", "/v1/models/reference/predict", {"json": {"inputs": [[0.0] * 3]}}, 422),
+    ("POST", "/v1/models/nope/predict", {"json": {"inputs": [[0.0] * 16]}}, 404),
+    (
+        "POST",
+        "/v1/models/reference/predict-file",
+        {"content": b"[0]\n", "headers": {"content-type": "text/plain"}},
+        200,
+    ),
+    ("GET", "/v1/models", {}, 200),
+    ("GET", "/v1/models/minilm", {}, 200),
+    ("GET", "/health/live", {}, 200),
+    ("GET", "/health/ready", {}, 200),
+    ("GET", "/metrics", {}, 200),
+    ("GET", "/openapi.json", {}, 200),
+    ("GET", "/no/such/route", {}, 404),
+    ("DELETE", "/v1/models/reference/predict", {}, 405),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status"), REQUEST_ID_CALLS)
+def test_every_response_carries_a_request_id(
+    server: ServerProcess, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    kwargs = dict(kwargs)
+    extra = kwargs.pop("headers", {})
+    generated = server.client.request(method, path, headers=extra, **kwargs)
+    assert generated.status_code == status, generated.text
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    echoed = server.client.request(
+        method, path, headers={**extra, "X-Request-ID": "client-7:a.b_c"}, **kwargs
+    )
+    assert echoed.status_code == status
+    assert echoed.headers.get_list("x-request-id") == ["client-7:a.b_c"]
+    replaced = server.client.request(
+        method, path, headers={**extra, "X-Request-ID": "no spaces/slashes"}, **kwargs
+    )
+    assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"])
