@@ -79,3 +79,16 @@ def test_each_module_imports_alone(name: str) -> None:
     torch_loaded = json.loads(result.stdout.strip().splitlines()[-1])
     if name.startswith(TORCH_FREE):
         assert not torch_loaded, f"{name} imports torch"
+
+
+def test_only_the_adapter_imports_litserve() -> None:
+    """LitServe's internals change between releases: one module (service.runtime.litserve) wraps them."""
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name == "litserve" or name.startswith("litserve.") for name in names):
+                importers.append(str(path.relative_to(ROOT)))
+    assert sorted(set(importers)) == ["service/runtime/litserve.py"]
