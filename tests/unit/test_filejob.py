@@ -184,7 +184,11 @@ def test_resume_drops_a_complete_but_corrupt_last_line(
     partial_path(output).write_bytes(kept + b"\x00\x00garbage\n")
     result = run_predict_file(session, entry.spec, source, output, "jsonl", 8, resume=True, progress=False)
     assert result.resumed_after == 5
-    assert output.read_bytes() == reference.read_bytes()
+    # the resumed batches start at line 6, not 9: floats may differ in their last digits
+    resumed, expected = read_results(output), read_results(reference)
+    assert [row["line"] for row in resumed] == [row["line"] for row in expected] == list(range(1, 21))
+    for got, want in zip(resumed, expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(got["output"], want["output"], strict=True)) <= 1e-5
 
 
 def test_without_resume_a_partial_is_started_afresh(
