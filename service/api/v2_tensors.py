@@ -244,6 +244,9 @@ def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool)
 def _check_shape(spec: ModelSpec, shape: Any) -> tuple[int, int]:
     """Validate the shape against the model's declaration; return (element count, item count)."""
     limits = spec.inputs
+    if isinstance(shape, list) and any(isinstance(d, float) and abs(d) >= 2**63 for d in shape):
+        # the JSON parser reads integers past 64 bits as floats: such a shape is past every limit
+        raise TensorError(413, "shape has a dimension past 2**63, far past the model's limits")
     if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
         raise TensorError(400, "'shape' must be a list of integers")
     if any(d < 0 for d in shape):
