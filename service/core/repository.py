@@ -25,6 +25,7 @@ GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
 _CHUNK = 1 << 20
 
 
@@ -51,6 +52,43 @@ class InputSpec(BaseModel):
             raise ValueError("min_items must not exceed max_items")
         if self.kind == "vector" and self.dim is None:
             raise ValueError("a vector input needs 'dim'")
+        return self
+
+
+class OutputSpec(BaseModel):
+    """What one input becomes: ``size`` floats; the sizes an OpenAI ``dimensions`` parameter may ask for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # floats per output; None = not declared (v2 metadata then says -1, ``dimensions`` is refused)
+    size: int | None = Field(None, ge=1)
+    # smaller sizes the model was trained to be cut to (Matryoshka): the first d floats, L2-renormalised.
+    # Empty: only ``dimensions == size`` is accepted.
+    dimensions: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputSpec:
+        if self.dimensions and self.size is None:
+            raise ValueError("'dimensions' needs 'size'")
+        if self.size is not None and any(not 1 <= d < self.size for d in self.dimensions):
+            raise ValueError(f"each of 'dimensions' must be between 1 and size - 1 ({self.size - 1})")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("'dimensions' must not repeat a size")
+        return self
+
+
+class TensorNames(BaseModel):
+    """The names of the input and output tensors in the Open Inference Protocol (v2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field("INPUT", pattern=_TENSOR_NAME)
+    output: str = Field("OUTPUT", pattern=_TENSOR_NAME)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TensorNames:
+        if self.input == self.output:
+            raise ValueError("the input and output tensors need different names")
         return self
 
 
@@ -89,6 +127,8 @@ class ModelSpec(BaseModel):
     description: str = ""
     weights: WeightsSpec
     inputs: InputSpec
+    outputs: OutputSpec = OutputSpec()
+    tensors: TensorNames = TensorNames()
     max_batch_size: int = Field(32, ge=1, le=4096)  # inputs per forward
     batch_timeout: float = Field(0.005, ge=0.0, le=10.0)  # seconds to wait for more requests
     workers: int = Field(1, ge=1, le=64)  # inference worker processes

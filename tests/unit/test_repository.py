@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,27 @@ def test_discovers_the_shipped_models() -> None:
     assert {"minilm", "reference"} <= set(repository.names())
     spec = repository.get("minilm").spec
     assert spec.inputs.kind == "text" and spec.inputs.max_items == 256 and spec.inputs.max_length == 10_000
+
+
+def test_shipped_models_declare_their_outputs_and_tensor_names(tmp_path: Path) -> None:
+    repository = ModelRepository()
+    minilm, reference = repository.get("minilm"), repository.get("reference")
+    assert (minilm.spec.tensors.input, minilm.spec.tensors.output) == ("TEXT", "EMBEDDING")
+    assert (reference.spec.tensors.input, reference.spec.tensors.output) == ("INPUT", "OUTPUT")
+    assert minilm.spec.outputs.dimensions == reference.spec.outputs.dimensions == ()
+    # the declared sizes are what the models give
+    config = json.loads((minilm.weights_location() / "config.json").read_text())
+    assert minilm.spec.outputs.size == config["hidden_size"] == 384
+    outputs = InferenceSession(reference.load("cpu")).run([[0.0] * 16])
+    assert reference.spec.outputs.size == len(outputs[0]) == 4
+    # a declaration without outputs or tensors gets the defaults
+    root = copy_reference(tmp_path)
+    declaration = root / "reference" / "model.yaml"
+    text = declaration.read_text()
+    start, end = text.index("outputs:"), text.index("max_batch_size:")
+    declaration.write_text(text[:start] + text[end:])
+    spec = ModelRepository(root).get("reference").spec
+    assert spec.outputs.size is None and (spec.tensors.input, spec.tensors.output) == ("INPUT", "OUTPUT")
 
 
 def test_unknown_model_names_what_exists() -> None:
@@ -61,6 +83,12 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
             "inside their folder",
         ),
         (lambda text: "{not: [yaml", "invalid declaration"),
+        (lambda text: text.replace("size: 4", "size: 0"), "outputs.size"),
+        (lambda text: text.replace("size: 4", "size: 4\n  dimensions: [2, 4]"), "between 1 and size - 1"),
+        (lambda text: text.replace("size: 4", "size: 4\n  dimensions: [2, 2]"), "must not repeat"),
+        (lambda text: text.replace("size: 4", "dimensions: [2]"), "'dimensions' needs 'size'"),
+        (lambda text: text.replace("output: OUTPUT", "output: INPUT"), "different names"),
+        (lambda text: text.replace("input: INPUT", "input: 'a b'"), "tensors.input"),
     ],
 )
 def test_bad_declarations_are_rejected(tmp_path: Path, edit: object, message: str) -> None:

@@ -1,0 +1,467 @@
+"""The Open Inference Protocol (v2) REST codec: request bodies in, response bodies out. No server.
+
+A request is a JSON object, optionally followed by binary tensor data (Triton's binary tensor
+extension): ``Inference-Header-Content-Length`` gives the JSON length, each binary input carries
+``binary_data_size``, and the tensors follow the JSON in input order, little-endian, row-major,
+``BYTES`` elements as a 4-byte little-endian length then the bytes.
+
+Our models take one input tensor and give one output tensor, named in ``model.yaml``:
+- a text model takes ``BYTES`` of shape ``[N]`` or ``[N, 1]`` (UTF-8 strings);
+- a vector model takes ``FP32`` of shape ``[N, dim]``;
+- both answer ``FP32`` of shape ``[N, size]``.
+
+Numbers sent as another datatype than ``FP32`` are converted when no value changes meaning:
+``FP16`` and ``BF16`` (exact), ``INT8``/``INT16``/``UINT8``/``UINT16`` (exact), ``INT32``/``INT64``/
+``UINT32``/``UINT64`` when every value is exactly a float32 (every integer up to 2**24 in
+magnitude is), ``FP64`` when every value is finite and within float32's range, rounded to the
+nearest float32 exactly as a JSON number on the native route is. Anything else (``BOOL``, an
+integer float32 cannot hold, a double past float32's range) is refused with a 400.
+
+Every malformed or over-limit request raises :class:`TensorError` with the HTTP status to answer:
+413 when the request is larger than the model accepts (more than ``max_items`` inputs, a text
+longer than ``max_length``, a shape past any limit), 400 for everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.repository import ModelSpec
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_EXTENSION = "binary_tensor_data"
+PLATFORM = "pytorch"
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_EXACT_INT_LIMIT = 1 << 24  # every integer of at most this magnitude is exactly a float32
+_PREFIX = 4  # bytes of a BYTES element's length prefix
+
+# numeric datatypes we accept for an FP32 input: numpy little-endian dtype, JSON values must be ints
+_NUMERIC: dict[str, tuple[str, bool]] = {
+    "FP32": ("<f4", False),
+    "FP16": ("<f2", False),
+    "FP64": ("<f8", False),
+    "INT8": ("<i1", True),
+    "INT16": ("<i2", True),
+    "INT32": ("<i4", True),
+    "INT64": ("<i8", True),
+    "UINT8": ("<u1", True),
+    "UINT16": ("<u2", True),
+    "UINT32": ("<u4", True),
+    "UINT64": ("<u8", True),
+}
+_KNOWN = {*_NUMERIC, "BF16", "BOOL", "BYTES"}
+
+
+class TensorError(Exception):
+    """A v2 request that cannot be served: ``status`` (400 or 413) and a message for ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One entry of the request's ``outputs``: its name and whether it wants binary data (None: not said)."""
+
+    name: str
+    binary_data: bool | None = None
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed ``/infer`` request: the model's inputs as a plain list, ready for dispatch."""
+
+    id: str | None
+    inputs: list[Any]  # list[str] for a text model, list[list[float]] for a vector model
+    outputs: tuple[RequestedOutput, ...] = ()
+    binary_data_output: bool = False
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # as sent; unknown keys are ignored
+
+    def binary_output(self, name: str) -> bool:
+        """Whether output ``name`` goes back as binary data: its own ``binary_data``, else the request's."""
+        for output in self.outputs:
+            if output.name == name and output.binary_data is not None:
+                return output.binary_data
+        return self.binary_data_output
+
+
+def parse_infer_request(spec: ModelSpec, body: bytes, header_length: str | None) -> InferRequest:
+    """Parse and validate one ``/infer`` body for ``spec``; ``header_length`` is the raw
+    ``Inference-Header-Content-Length`` header (None when absent). Raises :class:`TensorError`."""
+    json_end = _json_length(body, header_length)
+    try:
+        document = orjson.loads(body[:json_end])
+    except orjson.JSONDecodeError as exc:
+        raise TensorError(400, f"the inference header is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise TensorError(400, "the inference request must be a JSON object")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise TensorError(400, "'id' must be a string")
+    parameters = _object(document.get("parameters"), "parameters")
+    binary_data_output = _flag(parameters.get("binary_data_output"), "parameters.binary_data_output")
+    outputs = _requested_outputs(spec, document.get("outputs"))
+
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise TensorError(400, f"'inputs' must be a list holding the one input tensor {spec.tensors.input!r}")
+    if len(raw_inputs) != 1:
+        raise TensorError(
+            400, f"the model takes one input tensor ({spec.tensors.input!r}), got {len(raw_inputs)}"
+        )
+    binary = body[json_end:]
+    tensor = raw_inputs[0]
+    values = _input_values(spec, tensor, binary, has_header=header_length is not None)
+    return InferRequest(
+        id=request_id,
+        inputs=values,
+        outputs=outputs,
+        binary_data_output=bool(binary_data_output),
+        parameters=parameters,
+    )
+
+
+def _json_length(body: bytes, header_length: str | None) -> int:
+    if header_length is None:
+        return len(body)
+    text = header_length.strip()
+    if not text.isdigit() or not text.isascii():
+        raise TensorError(400, f"{HEADER_LENGTH} must be a non-negative integer, got {header_length[:40]!r}")
+    # more digits than any body can have is past the body too (and never reaches int()'s digit limit)
+    length = int(text) if len(text) <= 20 else len(body) + 1
+    if length > len(body):
+        raise TensorError(
+            400, f"{HEADER_LENGTH} is {text[:24]} but the request body has only {len(body)} bytes"
+        )
+    return length
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TensorError(400, f"'{where}' must be a JSON object")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise TensorError(400, f"'{where}' must be true or false")
+
+
+def _requested_outputs(spec: ModelSpec, raw: Any) -> tuple[RequestedOutput, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise TensorError(400, "'outputs' must be a list")
+    seen: list[RequestedOutput] = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise TensorError(400, f"outputs[{index}] must be an object with a 'name'")
+        name = entry["name"]
+        if name != spec.tensors.output:
+            raise TensorError(
+                400,
+                f"unknown output {name[:64]!r}: model {spec.name!r} has one output, {spec.tensors.output!r}",
+            )
+        if any(output.name == name for output in seen):
+            raise TensorError(400, f"output {name!r} is requested twice")
+        parameters = _object(entry.get("parameters"), f"outputs[{index}].parameters")
+        for unsupported in ("shared_memory_region", "classification"):
+            if unsupported in parameters:
+                raise TensorError(400, f"outputs[{index}]: '{unsupported}' is not supported")
+        binary = _flag(parameters.get("binary_data"), f"outputs[{index}].parameters.binary_data")
+        seen.append(RequestedOutput(name, binary))
+    return tuple(seen)
+
+
+def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool) -> list[Any]:
+    declared = spec.tensors.input
+    if not isinstance(tensor, dict):
+        raise TensorError(400, "inputs[0] must be a JSON object")
+    name = tensor.get("name")
+    if name != declared:
+        shown = repr(name[:64]) if isinstance(name, str) else "no name"
+        raise TensorError(400, f"unknown input {shown}: model {spec.name!r} takes one input, {declared!r}")
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in _KNOWN:
+        raise TensorError(400, f"input {declared!r}: unknown datatype {str(datatype)[:16]!r}")
+    count, rows = _check_shape(spec, tensor.get("shape"))
+    parameters = _object(tensor.get("parameters"), "inputs[0].parameters")
+    if "shared_memory_region" in parameters:
+        raise TensorError(400, f"input {declared!r}: shared memory is not supported; send the data")
+    size = parameters.get("binary_data_size")
+    has_data = "data" in tensor
+    if size is not None:
+        if has_data:
+            raise TensorError(400, f"input {declared!r} has both 'data' and 'binary_data_size'")
+        if not has_header:
+            raise TensorError(
+                400, f"input {declared!r} has 'binary_data_size' but there is no {HEADER_LENGTH}"
+            )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise TensorError(400, f"input {declared!r}: binary_data_size must be a non-negative integer")
+        if size != len(binary):
+            raise TensorError(
+                400,
+                f"input {declared!r}: binary_data_size is {size} but {len(binary)} bytes follow the "
+                f"inference header",
+            )
+    else:
+        if binary:
+            raise TensorError(
+                400, f"{len(binary)} bytes follow the inference header but no input has binary_data_size"
+            )
+        if not has_data:
+            raise TensorError(400, f"input {declared!r} has neither 'data' nor 'binary_data_size'")
+    if spec.inputs.kind == "text":
+        if datatype != "BYTES":
+            raise TensorError(400, f"input {declared!r} must be BYTES (UTF-8 text), got {datatype}")
+        texts = _binary_strings(binary, count) if size is not None else _json_strings(tensor["data"], count)
+        return _checked_texts(spec, texts)
+    if datatype not in _NUMERIC and datatype != "BF16":
+        raise TensorError(
+            400, f"input {declared!r} must be FP32 (or a number type that converts exactly), got {datatype}"
+        )
+    if size is not None:
+        floats = _binary_numbers(binary, count, datatype)
+    else:
+        floats = _json_numbers(tensor["data"], count, datatype)
+    rows_of_floats: list[list[float]] = floats.reshape(rows, -1).tolist()
+    return rows_of_floats
+
+
+def _check_shape(spec: ModelSpec, shape: Any) -> tuple[int, int]:
+    """Validate the shape against the model's declaration; return (element count, item count)."""
+    limits = spec.inputs
+    if isinstance(shape, list) and any(isinstance(d, float) and abs(d) >= 2**63 for d in shape):
+        # the JSON parser reads integers past 64 bits as floats: such a shape is past every limit
+        raise TensorError(413, "shape has a dimension past 2**63, far past the model's limits")
+    if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
+        raise TensorError(400, "'shape' must be a list of integers")
+    if any(d < 0 for d in shape):
+        raise TensorError(400, f"shape {shape[:4]} has a negative dimension")
+    expected = "[N] or [N, 1]" if limits.kind == "text" else f"[N, {limits.dim}]"
+    if limits.kind == "text":
+        valid = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+    else:
+        valid = len(shape) == 2 and shape[1] == limits.dim
+    if not valid:
+        if len(shape) > 8 or any(d > limits.max_items * max(limits.dim or 1, 1) for d in shape):
+            raise TensorError(413, f"shape of {len(shape)} dimensions is far past the model's {expected}")
+        raise TensorError(400, f"shape {shape} does not match the model's input shape {expected}")
+    items = shape[0]
+    if items > limits.max_items:
+        raise TensorError(413, f"{items} inputs in one request; the model takes at most {limits.max_items}")
+    if items < limits.min_items:
+        raise TensorError(400, f"{items} inputs in one request; the model needs at least {limits.min_items}")
+    return math.prod(shape), items
+
+
+def _binary_strings(data: bytes, count: int) -> list[bytes]:
+    view = memoryview(data)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if len(items) == count:
+            raise TensorError(400, f"BYTES data holds more than the {count} elements its shape says")
+        if offset + _PREFIX > len(view):
+            raise TensorError(400, f"BYTES element {len(items)}: its 4-byte length prefix is cut short")
+        length = int.from_bytes(view[offset : offset + _PREFIX], "little")
+        offset += _PREFIX
+        if length > len(view) - offset:
+            raise TensorError(
+                400, f"BYTES element {len(items)} declares {length} bytes past the end of its data"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise TensorError(400, f"BYTES data holds {len(items)} elements but the shape says {count}")
+    return items
+
+
+def _json_strings(data: Any, count: int) -> list[bytes]:
+    items: list[bytes] = []
+    for value in _flatten(data, count):
+        if not isinstance(value, str):
+            raise TensorError(400, f"BYTES element {len(items)} must be a string, got {_kind(value)}")
+        items.append(value.encode("utf-8", "surrogatepass"))
+    return items
+
+
+def _checked_texts(spec: ModelSpec, raw: list[bytes]) -> list[str]:
+    texts: list[str] = []
+    limit = spec.inputs.max_length
+    for index, item in enumerate(raw):
+        try:
+            text = item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TensorError(400, f"BYTES element {index} is not valid UTF-8 text") from None
+        if len(text) > limit:
+            raise TensorError(
+                413, f"BYTES element {index} has {len(text)} characters; the model accepts at most {limit}"
+            )
+        texts.append(text)
+    return texts
+
+
+def _binary_numbers(data: bytes, count: int, datatype: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+    width = 2 if datatype == "BF16" else np.dtype(_NUMERIC[datatype][0]).itemsize
+    if len(data) != count * width:
+        raise TensorError(
+            400,
+            f"{datatype} data of shape with {count} elements needs {count * width} bytes, got {len(data)}",
+        )
+    if datatype == "BF16":
+        # bfloat16 is the upper half of a float32: widening it is exact
+        halves = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+        return _finite(halves.view(np.float32), datatype)
+    return _to_float32(np.frombuffer(data, dtype=_NUMERIC[datatype][0]), datatype)
+
+
+def _json_numbers(data: Any, count: int, datatype: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+    integers = datatype in _NUMERIC and _NUMERIC[datatype][1]
+    values = _flatten(data, count)
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TensorError(400, f"{datatype} element {index} must be a number, got {_kind(value)}")
+        if integers and not isinstance(value, int):
+            raise TensorError(400, f"{datatype} element {index} must be an integer, got {value!r:.40}")
+    if integers:
+        info = np.iinfo(np.dtype(_NUMERIC[datatype][0]))
+        for index, value in enumerate(values):
+            if not info.min <= value <= info.max:
+                raise TensorError(400, f"{datatype} element {index} is outside {datatype}'s range")
+        return _to_float32(np.array(values, dtype=np.dtype(_NUMERIC[datatype][0])), datatype)
+    doubles = np.array(values, dtype=np.float64)
+    if datatype in ("FP32", "BF16", "FP16"):
+        # JSON numbers are doubles: like the native route, the model gets them rounded to float32
+        datatype = "FP64"
+    return _to_float32(doubles, datatype)
+
+
+def _to_float32(values: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+    if values.dtype.kind in "iu":
+        wide = values.astype(np.int64) if values.dtype.kind == "i" else values.astype(np.uint64)
+        converted = values.astype(np.float32)
+        exact = (wide <= _EXACT_INT_LIMIT) & (wide >= -_EXACT_INT_LIMIT if values.dtype.kind == "i" else True)
+        if not exact.all():
+            # past 2**24 only some integers are float32s: compare exactly where it matters
+            inexact = [
+                index for index in np.flatnonzero(~exact) if int(converted[index]) != int(values[index])
+            ]
+            if inexact:
+                first = inexact[0]
+                raise TensorError(
+                    400,
+                    f"{datatype} element {first} ({int(values[first])}) is not exactly a float32; "
+                    f"send FP32 or integers of magnitude up to {_EXACT_INT_LIMIT}",
+                )
+        return converted
+    if values.dtype == np.float64:
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise TensorError(
+                400, f"{datatype} element {int(np.flatnonzero(~finite)[0])} is not a finite number"
+            )
+        too_big = np.abs(values) > FLOAT32_MAX
+        if too_big.any():
+            raise TensorError(
+                400, f"{datatype} element {int(np.flatnonzero(too_big)[0])} is beyond float32's range"
+            )
+        return values.astype(np.float32)
+    return _finite(values.astype(np.float32), datatype)
+
+
+def _finite(values: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise TensorError(400, f"{datatype} element {int(np.flatnonzero(~finite)[0])} is not a finite number")
+    return values.astype(np.float32, copy=False)
+
+
+def _flatten(data: Any, count: int) -> list[Any]:
+    """Row-major elements of flat or nested JSON ``data``; stops as soon as there are too many."""
+    if not isinstance(data, list):
+        raise TensorError(400, "'data' must be a list (flat or nested)")
+    flat: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        value = next(stack[-1], _END)
+        if value is _END:
+            stack.pop()
+        elif isinstance(value, list):
+            stack.append(iter(value))
+        else:
+            if len(flat) == count:
+                raise TensorError(400, f"'data' holds more than the {count} elements its shape says")
+            flat.append(value)
+    if len(flat) != count:
+        raise TensorError(400, f"'data' holds {len(flat)} elements but the shape says {count}")
+    return flat
+
+
+_END = object()
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", type(None): "null", dict: "an object", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def encode_infer_response(
+    spec: ModelSpec, request: InferRequest, outputs: Sequence[Sequence[float]] | np.ndarray[Any, Any]
+) -> tuple[bytes, dict[str, str]]:
+    """The ``/infer`` answer for ``outputs`` (one row of floats per input): the body and the headers to
+    send with it (``Content-Type``, and ``Inference-Header-Content-Length`` when binary)."""
+    array = np.ascontiguousarray(outputs, dtype="<f4")
+    if array.ndim != 2:
+        array = array.reshape(len(request.inputs), -1)
+    name = spec.tensors.output
+    tensor: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+    binary = request.binary_output(name)
+    if binary:
+        tensor["parameters"] = {"binary_data_size": array.nbytes}
+    else:
+        tensor["data"] = array.reshape(-1)
+    document: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version}
+    if request.id is not None:
+        document["id"] = request.id
+    document["outputs"] = [tensor]
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary:
+        return header, {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    return header + array.tobytes(), headers
+
+
+def server_metadata(name: str, version: str) -> dict[str, Any]:
+    """The ``GET /v2`` document."""
+    return {"name": name, "version": version, "extensions": [BINARY_EXTENSION]}
+
+
+def model_metadata(spec: ModelSpec) -> dict[str, Any]:
+    """The ``GET /v2/models/{name}`` document; -1 marks a size that varies (or is not declared)."""
+    if spec.inputs.kind == "text":
+        inputs = {"name": spec.tensors.input, "datatype": "BYTES", "shape": [-1]}
+    else:
+        inputs = {"name": spec.tensors.input, "datatype": "FP32", "shape": [-1, spec.inputs.dim]}
+    size = spec.outputs.size if spec.outputs.size is not None else -1
+    return {
+        "name": spec.name,
+        "versions": [spec.version],
+        "platform": PLATFORM,
+        "inputs": [inputs],
+        "outputs": [{"name": spec.tensors.output, "datatype": "FP32", "shape": [-1, size]}],
+    }
