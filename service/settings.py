@@ -26,6 +26,7 @@ class ModelOverrides(BaseModel):
 
     workers: int | None = Field(None, ge=1, le=64)
     max_batch_size: int | None = Field(None, ge=1, le=4096)
+    max_batch_tokens: int | None = Field(None, ge=1, le=1 << 24)
     batch_timeout: float | None = Field(None, ge=0.0, le=10.0)
     max_queue_size: int | None = Field(None, ge=1)
 

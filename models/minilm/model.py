@@ -33,6 +33,19 @@ class MiniLMEmbedder:
         self.max_seq_length = max_seq_length
         self.device = device
 
+    def costs(self, inputs: Sequence[str]) -> list[int]:
+        """Tokens per input after truncation, [CLS] and [SEP] included: the batcher's cost and
+        the usage reported to clients. The fast tokenizer without padding or tensors costs
+        0.1-1.3% of the forward it precedes (measured), so preprocess simply tokenizes again."""
+        encoded = self.tokenizer(
+            list(inputs),
+            truncation=True,
+            max_length=self.max_seq_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def preprocess(self, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
             list(inputs),

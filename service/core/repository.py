@@ -130,6 +130,8 @@ class ModelSpec(BaseModel):
     outputs: OutputSpec = OutputSpec()
     tensors: TensorNames = TensorNames()
     max_batch_size: int = Field(32, ge=1, le=4096)  # inputs per forward
+    # padded cost per forward (longest input's cost × inputs; tokens for a text model); None: no budget
+    max_batch_tokens: int | None = Field(None, ge=1, le=1 << 24)
     batch_timeout: float = Field(0.005, ge=0.0, le=10.0)  # seconds to wait for more requests
     workers: int = Field(1, ge=1, le=64)  # inference worker processes
     max_queue_size: int = Field(256, ge=1)  # requests accepted and not yet answered
@@ -144,7 +146,10 @@ class ModelSpec(BaseModel):
 
 @runtime_checkable
 class Model(Protocol):
-    """What ``models/<name>/model.py``'s ``load()`` returns. No I/O, no HTTP."""
+    """What ``models/<name>/model.py``'s ``load()`` returns. No I/O, no HTTP.
+
+    It may also implement :class:`CostedModel`'s ``costs``; without it every input costs 1.
+    """
 
     module: Any  # the torch.nn.Module, put in eval mode by load()
 
@@ -153,6 +158,17 @@ class Model(Protocol):
     def forward(self, batch: Any) -> Any: ...
 
     def postprocess(self, output: Any) -> list[Any]: ...
+
+
+@runtime_checkable
+class CostedModel(Protocol):
+    """A model whose inputs differ in cost (optional): the batcher orders inputs by cost and
+    cuts forwards under ``max_batch_tokens``; text models also report it as token usage."""
+
+    def costs(self, inputs: Sequence[Any]) -> list[int]:
+        """One positive int per input, cheaply: for a text model its tokens after truncation,
+        special tokens included (what one row of a forward computes before padding)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             torch_threads=threads,
             max_batch_size=batch,
             batch_timeout=timeout,
+            max_batch_tokens=overrides.max_batch_tokens or spec.max_batch_tokens,
             max_line_bytes=settings.max_line_bytes,
             metrics=settings.metrics,
             spool_dir=spool_dir,

@@ -36,6 +36,7 @@ class WorkerConfig:
     torch_threads: int
     max_batch_size: int
     batch_timeout: float
+    max_batch_tokens: int | None = None  # padded-token budget per forward (worker.batcher.Limits)
     max_line_bytes: int = 1 << 20
     metrics: bool = True
     # where cancel markers (client gone) appear and this worker records the batch it is computing

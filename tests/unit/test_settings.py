@@ -31,10 +31,12 @@ def test_environment_overrides_yaml_with_nesting(tmp_path: Path, monkeypatch: py
     config = write(tmp_path, "port: 9000\nserve: [minilm, reference]\nmodels:\n  minilm:\n    workers: 1\n")
     monkeypatch.setenv("SERVICE_PORT", "9100")
     monkeypatch.setenv("SERVICE_MODELS__MINILM__WORKERS", "2")
+    monkeypatch.setenv("SERVICE_MODELS__MINILM__MAX_BATCH_TOKENS", "2048")
     monkeypatch.setenv("SERVICE_GRAD_MODE", "inference_mode")
     settings = load_settings(config)
     assert settings.port == 9100
     assert settings.models["minilm"].workers == 2
+    assert settings.models["minilm"].max_batch_tokens == 2048
     assert settings.grad_mode == "inference_mode"
 
 
