@@ -94,7 +94,9 @@ class ServiceState:
     def __init__(self, settings: Settings, routes: dict[str, ModelRoute]) -> None:
         self.settings = settings
         self.routes = routes
-        self.shutting_down = mp.Value("b", 0)
+        self.shutting_down = mp.Value("b", 0)  # new requests are refused (503)
+        # readiness answers 503 while requests are still served (SIGTERM's shutdown_delay)
+        self.unready = mp.Value("b", 0)
         self.server: Any = None  # the LitServer, set by build_server
         self.spool_dir: Path = settings.spool_dir or default_spool_dir(settings.port)
 
@@ -468,7 +470,7 @@ def register_routes(app: FastAPI, state: ServiceState) -> None:
     )
     async def ready() -> Response:
         models = state.readiness()
-        if state.shutting_down.value:
+        if state.shutting_down.value or state.unready.value:
             return json_response({"status": "shutting down", "models": models}, 503)
         if not all(models.values()):
             return json_response({"status": "not ready", "models": models}, 503)
