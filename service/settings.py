@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(30.0, gt=0.0, le=3600.0)
     max_request_timeout: float = Field(120.0, gt=0.0, le=3600.0)
     shutdown_grace: float = Field(25.0, ge=0.0, le=600.0)  # seconds to drain on SIGTERM/SIGINT
+    # seconds after SIGTERM during which readiness answers 503 but requests are still served, so
+    # load balancers and endpoint controllers stop sending traffic before the drain refuses any
+    shutdown_delay: float = Field(0.0, ge=0.0, le=300.0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False  # one uvicorn line per request costs ~0.5 ms at this scale
     metrics: bool = True  # false turns every metric into a no-op (to measure their cost)

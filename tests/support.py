@@ -35,7 +35,7 @@ def free_port() -> int:
 class ServerUnderTest:
     """A server command in its own session on a free loopback port; ``with`` stops it and every child.
 
-    ``{port}`` in the command is replaced by the port; ``ready_path`` is polled until it answers
+    ``{port}`` in the command is replaced by the port (a free one unless given); ``ready_path`` is polled until it answers
     200 (unless ``wait_ready`` is false); ``stop_signal`` asks it to stop (LitServe itself stops
     cleanly on SIGINT only), and the whole process group is killed afterwards.
     """
@@ -48,8 +48,9 @@ class ServerUnderTest:
         stop_signal: int = signal.SIGINT,
         ready_timeout: float = 180.0,
         wait_ready: bool = True,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [arg.replace("{port}", str(self.port)) for arg in command]
         self.ready_path = ready_path
@@ -165,6 +166,7 @@ class ServerProcess(ServerUnderTest):
         config: Path | None = None,
         ready_timeout: float = 120.0,
         wait_ready: bool = True,
+        port: int | None = None,
     ) -> None:
         command = [sys.executable, "-m", "service", "serve"]
         if config is not None:
@@ -176,6 +178,7 @@ class ServerProcess(ServerUnderTest):
             stop_signal=signal.SIGTERM,
             ready_timeout=ready_timeout,
             wait_ready=wait_ready,
+            port=port,
         )
         self.client = httpx.Client(base_url=self.url, timeout=60.0)
 

@@ -23,7 +23,7 @@ async def ready(request: Request) -> Response:
     worker's replacement, and while shutting down."""
     state = service_state(request)
     models = state.readiness()
-    if state.shutting_down.value:
+    if state.shutting_down.value or state.unready.value:
         return json_response({"status": "shutting down", "models": models}, 503)
     if not all(models.values()):
         return json_response({"status": "not ready", "models": models}, 503)

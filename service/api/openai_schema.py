@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from service.repository import ModelSpec
+from service.core.repository import ModelSpec
 
 EncodingFormat = Literal["float", "base64"]
 ENCODING_FORMATS: tuple[EncodingFormat, ...] = ("float", "base64")

@@ -65,7 +65,9 @@ class ServiceState:
         self.settings = settings
         self.routes = routes
         self.workers = workers
-        self.shutting_down = mp.Value("b", 0)
+        self.shutting_down = mp.Value("b", 0)  # new requests are refused (503)
+        # readiness answers 503 while requests are still served (SIGTERM's shutdown_delay)
+        self.unready = mp.Value("b", 0)
         self.spool_dir: Path = settings.spool_dir or default_spool_dir(settings.port)
         self.api_keys = [key.encode() for key in settings.all_api_keys()]
         self.metrics_keys = (

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.repository import ModelSpec
+from service.core.repository import ModelSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"

@@ -118,8 +118,10 @@ DRAIN_LINGER = 0.5  # seconds between the last handler finishing and stopping th
 
 
 class Drain:
-    """SIGTERM/SIGINT: readiness and new requests turn 503 at once; in-flight requests finish
-    (up to ``shutdown_grace`` seconds); then LitServe stops its processes."""
+    """SIGTERM/SIGINT: readiness turns 503 at once; requests are still served for
+    ``shutdown_delay`` seconds (while load balancers drop this replica), then new requests
+    turn 503 and in-flight ones finish (up to ``shutdown_grace`` seconds); then LitServe stops
+    its processes. A second signal stops at once."""
 
     def __init__(self, runtime: LitServeRuntime, state: ServiceState) -> None:
         self.runtime = runtime
@@ -142,7 +144,7 @@ class Drain:
             logger.warning("%s again: stopping now", name)
             raise KeyboardInterrupt
         self.started = True
-        self.state.shutting_down.value = 1
+        self.state.unready.value = 1
         threading.Thread(target=self._drain, args=(name,), name="drain", daemon=True).start()
 
     def _drain(self, name: str) -> None:
@@ -150,8 +152,16 @@ class Drain:
         serving = self.serving.is_set() or (self.runtime.started() and all(self.state.readiness().values()))
         if not serving:
             logger.info("%s during start-up: stopping", name)
+            self.state.shutting_down.value = 1
             os.kill(self.pid, signal.SIGINT)  # the handler, called again, interrupts the main thread
             return
+        delay = self.state.settings.shutdown_delay
+        if delay > 0:
+            logger.info(
+                "%s: not ready; still serving for %.0f s so load balancers drop this replica", name, delay
+            )
+            time.sleep(delay)  # a second signal interrupts the main thread meanwhile: stops at once
+        self.state.shutting_down.value = 1
         logger.info("%s: draining (up to %.0f s), then stopping", name, self.state.settings.shutdown_grace)
         limit = time.monotonic() + self.state.settings.shutdown_grace
         while time.monotonic() < limit and any(r.inflight.value > 0 for r in self.state.routes.values()):

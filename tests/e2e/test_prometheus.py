@@ -66,14 +66,15 @@ def _prometheus_binary() -> str:
 
 
 def _write_config(folder: Path, target: str) -> Path:
-    """prometheus.yml with only the target rewritten (and 1 s intervals), next to a copy of the rules."""
+    """prometheus.yml with the replicas' DNS discovery replaced by the one target (and 1 s intervals),
+    next to a copy of the rules."""
     with open(PROMETHEUS_DIR / "prometheus.yml", encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     config["global"]["scrape_interval"] = "1s"
     config["global"]["evaluation_interval"] = "1s"
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "inference"]
-    for group in job["static_configs"]:
-        group["targets"] = [target]
+    assert job.pop("dns_sd_configs"), "the inference job discovers the compose replicas by DNS"
+    job["static_configs"] = [{"targets": [target]}]
     path = folder / "prometheus.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     for rule_file in config["rule_files"]:
@@ -164,8 +165,9 @@ def _dashboard_queries() -> list[tuple[str, str]]:
     return queries
 
 
-def _to_promql(expr: str, model: str) -> str:
+def _to_promql(expr: str, model: str, instance: str = ".*") -> str:
     expr = re.sub(r"\$__(rate_)?interval|\$__range", "1m", expr)
+    expr = re.sub(r"\$\{?instance\}?", instance, expr)
     return re.sub(r"\$\{?model\}?", model, expr)
 
 
@@ -197,13 +199,24 @@ def test_grafana_model_variable_lists_the_served_model(stack: Stack) -> None:
     assert response.json()["data"] == [MODEL]
 
 
+def test_grafana_replica_variable_lists_each_scraped_replica(stack: Stack) -> None:
+    # what Grafana runs for label_values(up{job="inference"}, instance)
+    stack.poll('up{job="inference"}', bool)
+    response = stack.prometheus.get(
+        "/api/v1/label/instance/values", params={"match[]": 'up{job="inference"}'}
+    )
+    assert response.json()["data"] == [f"127.0.0.1:{stack.server.port}"]
+
+
 QUERIES = _dashboard_queries()
 
 
-@pytest.mark.parametrize("model", [".*", MODEL])
+@pytest.mark.parametrize("one", [False, True], ids=["all", "one"])
 @pytest.mark.parametrize(("title", "expr"), QUERIES, ids=[f"{t}:{i}" for i, (t, _) in enumerate(QUERIES)])
-def test_every_dashboard_query_returns_data(stack: Stack, title: str, expr: str, model: str) -> None:
-    promql = _to_promql(expr, model)
+def test_every_dashboard_query_returns_data(stack: Stack, title: str, expr: str, one: bool) -> None:
+    # all models of all replicas, or one model of one replica (the dashboard's two variables)
+    model, instance = (MODEL, f"127.0.0.1:{stack.server.port}") if one else (".*", ".*")
+    promql = _to_promql(expr, model, instance)
     assert "$" not in promql, f"unsubstituted Grafana variable in {promql}"
     if "cuda" in promql:
         # CPU-only server: the CUDA gauges do not exist, and the panel stays empty

@@ -131,6 +131,26 @@ def test_signal_drains_in_flight_requests_then_exits_0(tmp_path: Path, signum: i
         assert server.group_alive() == []
 
 
+def test_shutdown_delay_serves_while_not_ready_and_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    # a delay far longer than the test needs: every request below falls inside it
+    server = ServerProcess(
+        serve=["reference"],
+        env={"SERVICE_SHUTDOWN_DELAY": "120", "SERVICE_SPOOL_DIR": str(tmp_path / "spool")},
+    )
+    with server:
+        server.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while server.client.get("/health/ready").status_code != 503:
+            assert time.monotonic() < deadline, "readiness still 200 after SIGTERM"
+            time.sleep(0.05)
+        assert server.client.get("/health/ready").json()["status"] == "shutting down"
+        answers = [post(server.url) for _ in range(5)]
+        assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+        assert server.process is not None and server.process.poll() is None
+        server.signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
+
+
 def test_killed_worker_fails_its_batch_fast_and_is_replaced(tmp_path: Path) -> None:
     with slow_server(tmp_path, delay=2.0, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
         with ThreadPoolExecutor(max_workers=2) as pool:

@@ -226,7 +226,7 @@ def test_models_without_costs_cost_one_per_input() -> None:
 @pytest.fixture(scope="module")
 def minilm() -> Iterator[Any]:
     from service.core.repository import ModelRepository
-    from service.session import InferenceSession
+    from service.worker.session import InferenceSession
 
     yield InferenceSession(ModelRepository().get("minilm").load("cpu"))
 

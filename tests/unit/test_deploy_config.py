@@ -1,6 +1,7 @@
-"""The deployment files (Prometheus, alerts, Grafana, Dockerfile, docker-compose) checked by the real tools.
+"""The deployment files (Prometheus, alerts, Grafana, Dockerfile, docker-compose, haproxy) checked by
+the real tools.
 
-promtool and docker-compose come from ``scripts/install-tools.sh``; a missing tool fails the test
+promtool, docker-compose and haproxy come from ``scripts/install-tools.sh``; a missing tool fails the test
 (with that hint) instead of skipping it, so CI cannot go green without having checked anything.
 """
 
@@ -25,6 +26,7 @@ DASHBOARD = GRAFANA_DIR / "dashboards" / "inference.json"
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 MAKEFILE = REPO / "Makefile"
+HAPROXY = REPO / "config" / "haproxy" / "haproxy.cfg"
 
 # The metrics contract of service/metrics.py, as the names appear in a scrape.
 _COUNTERS = ("requests", "rejected_requests", "worker_restarts", "file_records", "file_bytes")
@@ -103,8 +105,9 @@ def _unknown_metrics(text: str) -> set[str]:
         ("promtool", "check", "rules", "config/prometheus/alerts.yml"),
         ("promtool", "test", "rules", "config/prometheus/alerts_test.yml"),
         ("docker-compose", "-f", "docker-compose.yml", "config", "-q"),
+        ("haproxy", "-c", "-f", "config/haproxy/haproxy.cfg"),
     ],
-    ids=["check-config", "check-rules", "test-rules", "compose-config"],
+    ids=["check-config", "check-rules", "test-rules", "compose-config", "haproxy-check"],
 )
 def test_tool_accepts_file(args: tuple[str, ...]) -> None:
     _run(_tool(args[0]), *args[1:])
@@ -122,7 +125,9 @@ def test_prometheus_scrapes_the_service_and_loads_the_alerts() -> None:
     assert config["rule_files"] == ["alerts.yml"]
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "inference"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    assert [target for group in job["static_configs"] for target in group["targets"]] == ["api:8000"]
+    # each replica of the compose service `api` is its own target, found by Docker's DNS
+    assert "static_configs" not in job
+    assert job["dns_sd_configs"] == [{"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "5s"}]
 
 
 def _alert_rules() -> list[dict[str, Any]]:
@@ -270,7 +275,7 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards() -> None:
 
 def test_compose_binds_every_host_port_to_loopback() -> None:
     services = _load_yaml(COMPOSE)["services"]
-    assert {"api", "prometheus", "grafana"} <= set(services)
+    assert {"api", "lb", "prometheus", "grafana"} <= set(services)
     published = []
     for name, service in services.items():
         assert service.get("network_mode") != "host", name
@@ -284,7 +289,57 @@ def test_compose_binds_every_host_port_to_loopback() -> None:
                 host_ip = parts[0]
                 published.append(parts[1])
             assert host_ip == "127.0.0.1", f"{name}: port {port!r} is not bound to 127.0.0.1"
-    assert sorted(published) == ["3000", "8000", "9090"]
+    assert sorted(published) == ["3000", "8000", "8404", "9090"]
+    assert "ports" not in services["api"], "replicas are reached through the load balancer"
+
+
+def _haproxy_backend() -> dict[str, list[str]]:
+    """haproxy.cfg's sections: "backend api" -> its directive lines."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for raw in HAPROXY.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line:
+            continue
+        if not line[0].isspace():
+            current = sections.setdefault(line.strip(), [])
+        else:
+            current.append(line.strip())
+    return sections
+
+
+def _seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)?", value)
+    assert match, value
+    return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+
+
+def test_compose_runs_replicas_behind_haproxy_that_drops_a_stopping_replica_in_time() -> None:
+    services = _load_yaml(COMPOSE)["services"]
+    api, lb = services["api"], services["lb"]
+    assert api["deploy"]["replicas"] == 2
+    assert re.fullmatch(r"haproxy:[\d.]+", lb["image"]), "the official haproxy image, pinned"
+    assert "./config/haproxy:/usr/local/etc/haproxy:ro" in lb["volumes"]
+    sections = _haproxy_backend()
+    backend = sections["backend api"]
+    assert "option httpchk GET /health/ready" in backend
+    assert "http-check expect status 200" in backend
+    # no L7 retries: only connections that failed (the request never left) are retried
+    defaults = sections["defaults"]
+    assert "retry-on conn-failure" in defaults
+    assert not any(line.startswith("option http-buffer-request") for line in defaults + backend)
+    (template,) = [line for line in backend if line.startswith("server-template ")]
+    assert template.split()[3] == "api:8000" and "resolvers docker" in template
+    (server_defaults,) = [line.split() for line in backend if line.startswith("default-server ")]
+    options = {word: server_defaults[i + 1] for i, word in enumerate(server_defaults[:-1])}
+    detection = _seconds(options["inter"]) * int(options["fall"])
+    delay = float(api["environment"]["SERVICE_SHUTDOWN_DELAY"])
+    assert delay >= 2 * detection, (
+        f"shutdown_delay {delay} s must outlast haproxy's detection ({detection} s) with margin"
+    )
+    # shutdown_delay + shutdown_grace (config/default.yaml) + 10 s to stop the processes
+    grace = _load_yaml(REPO / "config" / "default.yaml")["shutdown_grace"]
+    assert _seconds(api["stop_grace_period"]) >= delay + grace + 10
 
 
 def test_compose_mounts_the_configs_read_only_and_drains_the_api() -> None:
@@ -380,7 +435,10 @@ def test_observability_guide_covers_every_metric_and_alert() -> None:
     assert not CONTRACT_METRICS - mentioned, (
         f"README.md does not describe {sorted(CONTRACT_METRICS - mentioned)}"
     )
-    unknown = mentioned - CONTRACT_METRICS - EXPOSED_METRICS
+    # ... or the custom metric that the Kubernetes HPA reads, which prometheus-adapter derives from them
+    adapter = _load_yaml(REPO / "deploy" / "kubernetes" / "base" / "prometheus-adapter.yaml")
+    derived = {rule["name"]["as"] for rule in yaml.safe_load(adapter["data"]["config.yaml"])["rules"]}
+    unknown = mentioned - CONTRACT_METRICS - EXPOSED_METRICS - derived
     assert not unknown, f"README.md names metrics that do not exist: {sorted(unknown)}"
     for alert in ALERTS:
         assert alert in guide

@@ -28,7 +28,7 @@ from service.api.openai_schema import (
     parse_embeddings_request,
     shape_embeddings,
 )
-from service.repository import ModelRepository, ModelSpec
+from service.core.repository import ModelRepository, ModelSpec
 
 SPECS = {name: ModelRepository().get(name).spec for name in ("minilm", "reference")}
 MINILM = SPECS["minilm"]

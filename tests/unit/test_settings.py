@@ -25,6 +25,7 @@ def test_defaults_are_safe() -> None:
     assert settings.serve == ["minilm"]
     assert settings.accelerator == "cpu"
     assert settings.grad_mode == "no_grad"
+    assert settings.shutdown_delay == 0  # `make run` stops at once; deployments set it
 
 
 def test_environment_overrides_yaml_with_nesting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,6 +50,8 @@ def test_environment_overrides_yaml_with_nesting(tmp_path: Path, monkeypatch: py
         ("colour: blue\n", "colour"),
         ("serve: [minilm]\nmodels:\n  reference: {workers: 2}\n", "not served"),
         ("request_timeout: 500\nmax_request_timeout: 100\n", "request_timeout"),
+        ("shutdown_delay: -1\n", "shutdown_delay"),
+        ("shutdown_delay: 301\n", "shutdown_delay"),
         ("[1, 2", "not valid YAML"),
         ("- a list\n", "mapping"),
     ],

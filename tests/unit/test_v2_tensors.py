@@ -26,7 +26,7 @@ from service.api.v2_tensors import (
     parse_infer_request,
     server_metadata,
 )
-from service.repository import ModelRepository, ModelSpec
+from service.core.repository import ModelRepository, ModelSpec
 
 SPECS = {name: ModelRepository().get(name).spec for name in ("minilm", "reference")}
 TEXT, VECTOR = SPECS["minilm"], SPECS["reference"]
