@@ -233,10 +233,25 @@ class WorkerChannel:
         envelope: Envelope = item
         return envelope
 
+    def receive(self, timeout: float) -> list[Envelope]:
+        """Every job already waiting, after waiting up to ``timeout`` seconds for the first (0:
+        no wait); empty if none came. Raises :class:`StopWorker` when the server stops."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        envelopes = [first]
+        while (envelope := self.get(0)) is not None:
+            envelopes.append(envelope)
+        return envelopes
+
     def send(self, reply_to: int, uid: str, answer: Answer) -> None:
+        """Queue an answer; it is delivered at the next :meth:`flush` at the latest."""
         self._loop.put_response(
             self._transport, reply_to, uid, answer, LitAPIStatus.OK, LoopResponseType.STREAMING
         )
+
+    def flush(self) -> None:
+        """Deliver every answer sent so far (the loop calls it after each forward)."""
 
 
 class WorkerLoop(LitLoop):  # type: ignore[misc]
