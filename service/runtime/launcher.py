@@ -97,10 +97,8 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             device=settings.accelerator,
         )
 
-    server = create_server(
-        apis, accelerator=settings.accelerator, workers_per_device=workers, fast_queue=settings.fast_queue
-    )
-    runtime = LitServeRuntime(server)
+    server = create_server(apis, accelerator=settings.accelerator, workers_per_device=workers)
+    runtime = LitServeRuntime(server, settings.num_api_servers)
     state = ServiceState(settings, routes, runtime, runtime.channel)
     register(server.app, state)
     return runtime, state

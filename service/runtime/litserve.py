@@ -1,48 +1,35 @@
 """The one module that touches LitServe's internals (0.2.19): everything else goes through here.
 
-LitServe gives us its process model (the Manager broker, spawned inference workers, forked
-uvicorn API servers) and its response routing; this module wraps what we use of it:
+LitServe gives us its process model (spawned inference workers, forked uvicorn API servers,
+worker setup status kept by its Manager); requests and answers travel on our own pipes
+(:mod:`service.runtime.pipes`), not through its Manager queues. This module wraps what we use:
 
 - :func:`create_server` builds the ``LitServer`` with our defaults and without its own routes;
 - :class:`LitServeRuntime` is the launcher's handle (worker states, relaunching a worker,
-  answering for a dead one, stopping) and owns the API servers' :class:`LitServeChannel`;
-- :class:`LitServeChannel` / :class:`LitServeMailbox` implement the API-server side of
-  :mod:`service.core.messages` on LitServe's request queues and per-process response buffer;
-- :class:`WorkerLoop` / :class:`WorkerChannel` are the worker side: a LitServe loop whose
-  ``serve`` method gets typed :class:`Envelope` jobs and sends typed answers.
+  answering for a dead one, stopping) and owns the pipes and the API servers' request channel;
+- :class:`WorkerLoop` is the worker side: a LitServe loop whose ``serve`` method gets a
+  :class:`WorkerChannel` over its pipes (typed :class:`Envelope` jobs in, typed answers out).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import uuid
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import litserve as ls
+import litserve.server
 from litserve import LitAPI, LitServer
-from litserve.loops.base import _SENTINEL_VALUE, LitLoop
-from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
+from litserve.loops.base import LitLoop
 
-from service.core.messages import (
-    Answer,
-    Envelope,
-    Failure,
-    FileDone,
-    FileProgress,
-    Job,
-    Mailbox,
-    PredictResult,
-)
+from service.core.messages import Answer
+from service.runtime.pipes import PipeRequestChannel, PipeSet, PipeWorkerChannel
+
+WorkerChannel = PipeWorkerChannel  # what a worker loop's serve() is handed
 
 __all__ = [
     "LitAPI",
-    "LitServeChannel",
-    "LitServeMailbox",
     "LitServeRuntime",
     "LitServer",
     "StopWorker",
@@ -59,8 +46,6 @@ WorkerState = Literal["starting", "ready", "error", "finished"]  # LitServe's Wo
 
 # LitServe's own routes that we replace (health, info and its default index)
 _LITSERVE_ROUTES = {"/", "/health", "/info"}
-_ANSWERS = (PredictResult, Failure, FileProgress, FileDone)
-WORKER_FAILED = "the inference worker failed while handling this request; retry"
 
 
 def internal_path(model: str) -> str:
@@ -73,21 +58,25 @@ def worker_key(model: str, index: int) -> str:
     return f"{model}_{index}"
 
 
-def create_server(
-    apis: Sequence[Any], *, accelerator: str, workers_per_device: dict[str, int], fast_queue: bool
-) -> LitServer:
+async def _no_answer_task(*_: Any) -> None:
+    """Stands in for LitServe's answer task in each API server: answers arrive on our pipes, and
+    its task would only poll an idle Manager queue once a second."""
+    await asyncio.Event().wait()
+
+
+def create_server(apis: Sequence[Any], *, accelerator: str, workers_per_device: dict[str, int]) -> LitServer:
     """A LitServer for these LitAPIs with LitServe's routes, deadline and worker monitor off."""
     server = ls.LitServer(
         list(apis),
         accelerator=accelerator,
         workers_per_device=workers_per_device,
         timeout=False,  # our deadline covers queue and compute; LitServe's covers only the queue
-        fast_queue=fast_queue,
         restart_workers=False,
     )
     # LitServe's monitor races our shutdown and, on a dead worker, stops the server from a
     # thread while run() still waits; service.runtime.supervisor replaces it.
     server._monitor_workers = False
+    litserve.server.response_queue_to_buffer = _no_answer_task
     internal = {api.api_path for api in apis}
     server.app.router.routes = [
         route
@@ -97,62 +86,22 @@ def create_server(
     return server
 
 
-class LitServeMailbox:
-    """One request's answers, from this API server's LitServe response buffer."""
-
-    def __init__(self, uid: str, buffer: dict[str, Any]) -> None:
-        self._uid = uid
-        self._buffer = buffer
-        self._item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
-        buffer[uid] = self._item
-
-    @property
-    def uid(self) -> str:
-        return self._uid
-
-    async def receive(self) -> Answer:
-        item = self._item
-        while not item.response_queue:
-            item.event.clear()
-            if item.response_queue:
-                break
-            await item.event.wait()
-        data, status = item.response_queue.popleft()
-        if isinstance(data, _ANSWERS):
-            return data
-        # not one of ours: LitServe's own error path (a worker that failed outside our loop)
-        logger.warning("unexpected answer for %s (status %s): %.200r", self._uid, status, data)
-        return Failure(503, WORKER_FAILED)
-
-    def close(self) -> None:
-        self._buffer.pop(self._uid, None)
-
-
-class LitServeChannel:
-    """Jobs onto a model's LitServe request queue; answers through LitServe's response buffer."""
-
-    def __init__(self, server: LitServer) -> None:
-        self._server = server
-        # LitServe's request queue is a Manager proxy: put() is a blocking round trip to another
-        # process. One thread does the puts, in order, so the event loop never stalls on it.
-        # (Its thread starts at the first put, in the forked API server.)
-        self._put_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
-
-    def open(self) -> LitServeMailbox:
-        return LitServeMailbox(uuid.uuid4().hex, self._server.response_buffer)
-
-    async def put(self, model: str, mailbox: Mailbox, job: Job) -> None:
-        queue = self._server._get_request_queue(internal_path(model))
-        envelope = Envelope(self._server.app.response_queue_id, mailbox.uid, job)
-        await asyncio.get_running_loop().run_in_executor(self._put_thread, queue.put, envelope)
-
-
 class LitServeRuntime:
     """The launcher's (and the API servers') handle on a LitServer."""
 
-    def __init__(self, server: LitServer) -> None:
+    def __init__(self, server: LitServer, api_servers: int) -> None:
         self.server = server
-        self.channel = LitServeChannel(server)
+        models = {api.api_path.rsplit("/", 1)[-1]: api for api in server.litapi_connector}
+        workers = {
+            model: len(server._inference_workers_config_for_api(api.api_path))
+            for model, api in models.items()
+        }
+        self.pipes = PipeSet(workers, api_servers)
+        for model, api in models.items():
+            # pickled with the LitAPI into each spawned worker: the pipe ends travel with it
+            api.loop.worker_pipes = self.pipes.workers[model]
+        # each forked API server reads its own index (LitServe sets it on the app before forking it)
+        self.channel = PipeRequestChannel(self.pipes, lambda: server.app.response_queue_id)
 
     @property
     def app(self) -> Any:
@@ -192,10 +141,9 @@ class LitServeRuntime:
         self.worker_processes()[slot] = process
         return process
 
-    def send_answer(self, reply_to: int, uid: str, answer: Answer, worker: int = 0) -> None:
-        """Answer a request as its worker would have (for requests a dead worker was computing)."""
-        message = (uid, (answer, LitAPIStatus.OK, LoopResponseType.STREAMING, worker))
-        self.server._transport.send(message, consumer_id=reply_to)
+    def send_answer(self, model: str, worker: int, reply_to: int, uid: str, answer: Answer) -> None:
+        """Answer a request as its worker would have (for requests a dead worker was holding)."""
+        self.pipes.answer(model, worker, reply_to, uid, answer)
 
     def run(self, *, host: str, port: int, num_api_servers: int, log_level: str, access_log: bool) -> None:
         self.server.run(
@@ -210,53 +158,14 @@ class LitServeRuntime:
 
 
 class StopWorker(Exception):
-    """LitServe asked the worker to stop (its sentinel arrived on the request queue)."""
-
-
-class WorkerChannel:
-    """The worker's side: typed jobs from the model's request queue, typed answers back."""
-
-    def __init__(self, loop: LitLoop, request_queue: Any, transport: Any) -> None:
-        self._loop = loop
-        self._queue = request_queue
-        self._transport = transport
-
-    def get(self, timeout: float) -> Envelope | None:
-        """The next job, waiting up to ``timeout`` seconds (0: only one already queued); None if
-        none came. Raises :class:`StopWorker` when the server stops."""
-        try:
-            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get(block=False)
-        except queue.Empty:
-            return None
-        if item is None or item == _SENTINEL_VALUE:
-            raise StopWorker
-        envelope: Envelope = item
-        return envelope
-
-    def receive(self, timeout: float) -> list[Envelope]:
-        """Every job already waiting, after waiting up to ``timeout`` seconds for the first (0:
-        no wait); empty if none came. Raises :class:`StopWorker` when the server stops."""
-        first = self.get(timeout)
-        if first is None:
-            return []
-        envelopes = [first]
-        while (envelope := self.get(0)) is not None:
-            envelopes.append(envelope)
-        return envelopes
-
-    def send(self, reply_to: int, uid: str, answer: Answer) -> None:
-        """Queue an answer; it is delivered at the next :meth:`flush` at the latest."""
-        self._loop.put_response(
-            self._transport, reply_to, uid, answer, LitAPIStatus.OK, LoopResponseType.STREAMING
-        )
-
-    def flush(self) -> None:
-        """Deliver every answer sent so far (the loop calls it after each forward)."""
+    """A worker loop raises it to end the worker process cleanly."""
 
 
 class WorkerLoop(LitLoop):  # type: ignore[misc]
     """A LitServe loop that hands :meth:`serve` a typed :class:`WorkerChannel` (LitServe calls it
     in the worker process once the LitAPI's ``setup`` is done)."""
+
+    worker_pipes: tuple[Any, ...] = ()  # one WorkerPipes per worker index, set by LitServeRuntime
 
     def __call__(
         self,
@@ -269,7 +178,7 @@ class WorkerLoop(LitLoop):  # type: ignore[misc]
         callback_runner: Any,
     ) -> None:
         try:
-            self.serve(lit_api, worker_id, WorkerChannel(self, request_queue, transport))
+            self.serve(lit_api, worker_id, PipeWorkerChannel(self.worker_pipes[worker_id]))
         except StopWorker:
             logger.debug("worker %s: stop requested", worker_id)
 

@@ -96,7 +96,7 @@ class WorkerMonitor:
         ledger = batch_ledger_path(self.state.spool_dir, model, index)
         failure = Failure(503, f"the inference worker for {model!r} died while computing this request; retry")
         for reply_to, uid in read_batch_ledger(ledger):
-            self.runtime.send_answer(reply_to, uid, failure, index)
+            self.runtime.send_answer(model, index, reply_to, uid, failure)
         ledger.unlink(missing_ok=True)
 
 

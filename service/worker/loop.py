@@ -84,6 +84,7 @@ class BatchingLoop(WorkerLoop):
             count += _size(envelope)
         self.concurrent = len(envelopes) > 1
         self._run(envelopes)
+        self.channel.flush()
         self.memory.sample()
 
     def _run(self, envelopes: list[Envelope]) -> None:
@@ -136,6 +137,7 @@ class BatchingLoop(WorkerLoop):
         self.ledger.record([(reply_to, uid)])
         for answer in self.files.stream(job, self.compute_seconds, self.batch_size):
             self.channel.send(reply_to, uid, answer)
+            self.channel.flush()
         self.ledger.clear()
 
 
