@@ -9,7 +9,13 @@ soon as the previous answer arrives. HTTP is written and parsed by hand on async
 the generator stays far from being the bottleneck (``benchmarks.run`` measures its ceiling
 against a trivial server). Every answer is checked: status 200 and, for a model, one output
 of the model's width. Only requests that complete inside the measurement window (after the
-warm-up) count towards throughput and latency; errors are counted over the whole run.
+warm-up) count towards throughput and latency; errors (timeouts among them, also counted
+apart) are counted over the whole run.
+
+``--workload`` picks the inputs (``short`` sentences or ``mixed`` lengths, one text per
+request); ``--api`` the request and answer shape: ``predict`` (``{"inputs": [x]}`` →
+``{"outputs": [y]}``: this service, naive FastAPI, bare LitServe) or ``openai``
+(``{"model": m, "input": [x]}`` → ``{"data": [{"embedding": y}]}``: Infinity's ``/embeddings``).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from benchmarks.inputs import OUTPUT_DIM, model_inputs
+from benchmarks.inputs import OUTPUT_DIM, WORKLOADS, model_inputs
 
 MAX_ERROR_SAMPLES = 5
+APIS = ("predict", "openai")
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -40,13 +47,27 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def build_requests(method: str, host: str, port: int, path: str, model: str | None) -> list[bytes]:
+def request_body(api: str, model: str, item: Any) -> bytes:
+    if api == "openai":
+        return orjson.dumps({"model": model, "input": [item]})
+    return orjson.dumps({"inputs": [item]})
+
+
+def build_requests(
+    method: str,
+    host: str,
+    port: int,
+    path: str,
+    model: str | None,
+    workload: str = "short",
+    api: str = "predict",
+) -> list[bytes]:
     head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: benchmarks-loadgen\r\n"
     if model is None:
         return [(head + "\r\n").encode()]
     requests = []
-    for item in model_inputs(model):
-        body = orjson.dumps({"inputs": [item]})
+    for item in model_inputs(model, workload=workload):
+        body = request_body(api, model, item)
         requests.append(
             (head + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         )
@@ -89,15 +110,22 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, await reader.readexactly(length), keep_alive
 
 
-def check(status: int, body: bytes, dim: int | None) -> str | None:
+def check(status: int, body: bytes, dim: int | None, api: str = "predict") -> str | None:
     """None when the answer is right, else what is wrong with it."""
     if status != 200:
         return f"status {status}: {body[:200]!r}"
     if dim is None:
         return None
     try:
-        outputs = orjson.loads(body)["outputs"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        answer = orjson.loads(body)
+        if api == "openai":
+            data = answer["data"]
+            if not (isinstance(data, list) and len(data) == 1):
+                return f"expected one embedding, got {str(data)[:200]}"
+            outputs = [data[0]["embedding"]]
+        else:
+            outputs = answer["outputs"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         return f"unexpected body ({type(exc).__name__}): {body[:200]!r}"
     if not (isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], list)):
         return f"expected one output, got {str(outputs)[:200]}"
@@ -113,13 +141,18 @@ class Run:
         self.port = url.port or 80
         self.model = None if args.model == "none" else args.model
         self.dim = OUTPUT_DIM[self.model] if self.model else None
-        self.requests = build_requests(args.method, self.host, self.port, url.path or "/", self.model)
+        self.api = args.api
+        self.workload = args.workload
+        self.requests = build_requests(
+            args.method, self.host, self.port, url.path or "/", self.model, args.workload, args.api
+        )
         self.concurrency = args.concurrency
         self.warmup = args.warmup
         self.duration = args.duration
         self.timeout = args.timeout
         self.samples: list[tuple[float, float]] = []  # (start, end) of each correct answer
         self.errors = 0
+        self.timeouts = 0
         self.error_samples: list[str] = []
         self.stop = False
 
@@ -144,7 +177,7 @@ class Run:
                 status, body, keep_alive = await asyncio.wait_for(read_response(reader), self.timeout)
                 ended = time.perf_counter()
                 turn += 1
-                problem = check(status, body, self.dim)
+                problem = check(status, body, self.dim, self.api)
                 if problem is None:
                     self.samples.append((started, ended))
                 else:
@@ -153,6 +186,8 @@ class Run:
                     writer.close()
                     writer = None
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    self.timeouts += 1
                 self.error(f"{type(exc).__name__}: {exc}"[:200])
                 if writer is not None:
                     writer.close()
@@ -187,11 +222,15 @@ class Run:
         ) / self.duration
         return {
             "concurrency": self.concurrency,
+            "workload": self.workload,
+            "api": self.api,
+            "timeout_s": self.timeout,
             "duration_s": self.duration,
             "warmup_s": self.warmup,
             "requests": len(window),
             "requests_total": len(self.samples),
             "errors": self.errors,
+            "timeouts": self.timeouts,
             "error_samples": self.error_samples,
             "throughput_rps": len(window) / self.duration,
             "latency_ms": {
@@ -213,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default="none", choices=["none", *OUTPUT_DIM], help="inputs to send; none: no body"
     )
+    parser.add_argument("--workload", default="short", choices=WORKLOADS, help="which inputs (see inputs.py)")
+    parser.add_argument("--api", default="predict", choices=APIS, help="request body and answer shape")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
