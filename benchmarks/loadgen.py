@@ -155,6 +155,8 @@ class Run:
         self.timeouts = 0
         self.error_samples: list[str] = []
         self.stop = False
+        self.limit = args.requests  # 0: run for the duration; else send exactly this many, then stop
+        self.issued = 0
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -168,6 +170,10 @@ class Run:
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
         while not self.stop:
+            if self.limit:
+                if self.issued >= self.limit:
+                    break
+                self.issued += 1
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -204,6 +210,8 @@ class Run:
                 await writer.wait_closed()
 
     async def main(self) -> dict[str, Any]:
+        if self.limit:
+            return await self.count_run()
         clients = [asyncio.create_task(self.client(i)) for i in range(self.concurrency)]
         origin = time.perf_counter()
         opens, closes = origin + self.warmup, origin + self.warmup + self.duration
@@ -216,10 +224,29 @@ class Run:
         for task in pending:
             task.cancel()
         window = [(s, e) for s, e in self.samples if opens <= e <= closes]
+        return self.summary(window, self.duration, usage_start, usage_end)
+
+    async def count_run(self) -> dict[str, Any]:
+        """``--requests N``: exactly N requests (no warm-up), all of them measured."""
+        usage_start = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await asyncio.gather(*(self.client(i) for i in range(self.concurrency)))
+        elapsed = time.perf_counter() - started
+        usage_end = resource.getrusage(resource.RUSAGE_SELF)
+        self.duration, self.warmup = elapsed, 0.0
+        return {**self.summary(self.samples, elapsed, usage_start, usage_end), "requests_sent": self.issued}
+
+    def summary(
+        self,
+        window: list[tuple[float, float]],
+        seconds: float,
+        usage_start: resource.struct_rusage,
+        usage_end: resource.struct_rusage,
+    ) -> dict[str, Any]:
         latencies = sorted((e - s) * 1000.0 for s, e in window)
         cpu = (
             usage_end.ru_utime - usage_start.ru_utime + usage_end.ru_stime - usage_start.ru_stime
-        ) / self.duration
+        ) / seconds
         return {
             "concurrency": self.concurrency,
             "workload": self.workload,
@@ -232,7 +259,7 @@ class Run:
             "errors": self.errors,
             "timeouts": self.timeouts,
             "error_samples": self.error_samples,
-            "throughput_rps": len(window) / self.duration,
+            "throughput_rps": len(window) / seconds,
             "latency_ms": {
                 "p50": percentile(latencies, 0.50),
                 "p95": percentile(latencies, 0.95),
@@ -258,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="send exactly this many requests, all measured (no duration)"
+    )
     parser.add_argument("--no-uvloop", action="store_true")
     return parser.parse_args(argv)
 

@@ -112,7 +112,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "",
                 f"A bare process holding {model}: RSS {bare['rss_loaded'] / MiB:.0f} MiB loaded, "
                 f"{bare['rss_after_one_forward'] / MiB:.0f} MiB after one forward (batch 1), "
-                f"high-water {bare['peak_rss_after_max_batch_forward'] / MiB:.0f} MiB after one forward at batch {bare['max_batch_size']}.",
+                f"high-water {bare['peak_rss_after_max_batch_forward'] / MiB:.0f} MiB after one forward at batch {bare['max_batch_size']}"
+                + (" of its longest inputs." if model in ("minilm",) else "."),
             ]
         mixed_rows = [
             (name, point)

@@ -55,6 +55,9 @@ class Plan:
     idle: float = 10.0  # seconds of no traffic for the idle CPU measurement
     limit_duration: float = 2.0  # seconds per in-process repetition (mixed: whole cycles of its inputs)
     mixed_concurrencies: tuple[int, ...] = (32,)  # mixed-length workload, text models only
+    # answers to mixed lengths come in waves of a batch (seconds apart when padded): a longer window
+    mixed_duration: float = 10.0
+    mixed_warmup: float = 3.0
     client_timeout: float = 10.0  # seconds the load generator waits for one answer (then a timeout error)
     contenders: tuple[str, ...] = CONTENDERS
     grad_model: str = "minilm"
@@ -103,6 +106,32 @@ def run_json(command: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
+def loadgen_command(
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    workload: str = "short",
+    api: str = "predict",
+    timeout: float = 10.0,
+    requests: int = 0,
+) -> list[str]:
+    """``benchmarks.loadgen``'s command line; ``requests``: a fixed count instead of a duration."""
+    return python_module(
+        "benchmarks.loadgen",
+        f"--url={url}",
+        f"--model={model}",
+        f"--concurrency={concurrency}",
+        f"--duration={duration}",
+        f"--warmup={warmup}",
+        f"--workload={workload}",
+        f"--api={api}",
+        f"--timeout={timeout}",
+        f"--requests={requests}",
+    )
+
+
 def loadgen(
     url: str,
     model: str,
@@ -113,17 +142,7 @@ def loadgen(
     api: str = "predict",
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    command = python_module(
-        "benchmarks.loadgen",
-        f"--url={url}",
-        f"--model={model}",
-        f"--concurrency={concurrency}",
-        f"--duration={duration}",
-        f"--warmup={warmup}",
-        f"--workload={workload}",
-        f"--api={api}",
-        f"--timeout={timeout}",
-    )
+    command = loadgen_command(url, model, concurrency, duration, warmup, workload, api, timeout)
     return run_json(command, timeout=duration + warmup + timeout + 90)
 
 
@@ -131,7 +150,12 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and spread over repetitions of one point."""
     ok = [r for r in reps if "error" not in r and r.get("requests", 0) > 0]
     if not ok:
-        return {"errors": sum(r.get("errors", 0) for r in reps) or len(reps), "failed": True}
+        reasons = [r.get("error") or "no answer inside the measured window" for r in reps]
+        return {
+            "errors": sum(r.get("errors", 0) for r in reps) or len(reps),
+            "failed": True,
+            "reasons": reasons,
+        }
     throughput = [r["throughput_rps"] for r in ok]
     p50 = [r["latency_ms"]["p50"] for r in ok]
     return {
@@ -262,6 +286,9 @@ class Bench:
     def measure(self, url: str, model: str, concurrency: int, workload: str, api: str) -> dict[str, Any]:
         """``plan.reps`` load generator runs at one point: their summary and every run."""
         plan = self.plan
+        duration, warmup = (
+            (plan.mixed_duration, plan.mixed_warmup) if workload == "mixed" else (plan.duration, plan.warmup)
+        )
         runs = []
         for _ in range(plan.reps):
             try:
@@ -270,8 +297,8 @@ class Bench:
                         url,
                         model,
                         concurrency,
-                        plan.duration,
-                        plan.warmup,
+                        duration,
+                        warmup,
                         workload,
                         api,
                         plan.client_timeout,
@@ -592,6 +619,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="override the plan's repetitions per point")
     parser.add_argument("--duration", type=float, help="override the plan's measured seconds per run")
     parser.add_argument("--concurrencies", help="override the plan's short-workload concurrencies, e.g. 1,32")
+    parser.add_argument("--mixed-duration", type=float, help="override the measured seconds of a mixed run")
     return parser.parse_args(argv)
 
 
@@ -614,6 +642,9 @@ def plan_from(args: argparse.Namespace) -> Plan:
     if args.duration:
         changes["duration"] = args.duration
         changes["limit_duration"] = min(plan.limit_duration, args.duration)
+    if args.mixed_duration:
+        changes["mixed_duration"] = args.mixed_duration
+        changes["mixed_warmup"] = min(plan.mixed_warmup, args.mixed_duration / 2)
     if args.concurrencies:
         changes["concurrencies"] = tuple(int(c) for c in args.concurrencies.split(","))
     return Plan(**{**asdict(plan), **changes})
