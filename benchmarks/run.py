@@ -598,7 +598,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 worst / bare,
                 1.2,
                 f"worker high-water {worst / 2**20:.0f} MiB vs a bare process holding the model "
-                f"{bare / 2**20:.0f} MiB (after a forward at max_batch_size)",
+                f"{bare / 2**20:.0f} MiB (after its largest forward: max_batch_size of its longest inputs)",
             )
 
         add(f"idle CPU of the service ({model}) ≤ 2% of one core", idle, lower_is_better=True)
