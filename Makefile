@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SERVE_ARGS := serve --config config/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install tools run test lint format bench bench-quick up down clean
+.PHONY: install tools run test lint format bench bench-quick bench-cpu bench-threads up down clean
 
 install:
 	@scripts/install.sh --dev --editable $(VENV)
@@ -33,6 +33,14 @@ bench: install
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick
+
+# CPU seconds per request by process of the service's tree (add --profile DIR for py-spy profiles)
+bench-cpu: install
+	$(PY) -m benchmarks.cpu_per_request
+
+# the worker's threading variants, alternating runs in one sitting
+bench-threads: install
+	$(PY) -m benchmarks.threads
 
 up:
 	docker compose up --build -d

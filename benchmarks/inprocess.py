@@ -1,12 +1,18 @@
 """Measurements without HTTP, each in a fresh process so its memory is its own; one JSON
 result on stdout.
 
-    python -m benchmarks.inprocess limit --model minilm --threads 2 --batches 1,8,32 --duration 3
-    python -m benchmarks.inprocess bare-memory --model minilm --threads 2
-    python -m benchmarks.inprocess grad --model minilm --mode no_grad --batch 8 --threads 2
+    python -m benchmarks.inprocess limit --model minilm --batches 1,8,32 --duration 3
+    python -m benchmarks.inprocess limit --model minilm --workload mixed --batches 32 --bucketed
+    python -m benchmarks.inprocess bare-memory --model minilm
+    python -m benchmarks.inprocess grad --model minilm --mode no_grad --batch 8
 
-``limit``: the model's forward through the repository and an ``InferenceSession``, as the
-service's worker runs it, batch after batch (the ceiling any server can reach).
+``--threads 0`` (the default) leaves torch's own thread count (one per core): the limit is
+the whole machine's. ``limit``: the model's forward through the repository and an
+``InferenceSession``, as the service's worker runs it, batch after batch of consecutive
+inputs in arrival order (the ceiling any server can reach). With ``--bucketed``, each batch
+is first sorted by token count and cut into forwards under a padded-token budget
+(``--max-batch-tokens``: rows × longest row), outputs put back in arrival order: padding
+a sentence to a paragraph's length is what this avoids. Tokenising to count is timed too.
 ``bare-memory``: the RSS of a process that holds the model after one forward (the yardstick
 for a worker's memory). ``grad``: one grad mode at one batch size: latency and the growth of
 the RSS high-water mark (``ru_maxrss``) over the forwards.
@@ -25,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.inputs import model_inputs
+from benchmarks.inputs import WORKLOADS, model_inputs
 from benchmarks.loadgen import percentile
 
 MiB = 1024 * 1024
@@ -43,13 +49,61 @@ def current_rss() -> int:
     return rss
 
 
+DEFAULT_MAX_BATCH_TOKENS = 2048  # used when model.yaml declares no max_batch_tokens
+
+
 def load(model: str, threads: int) -> Any:
     import torch
 
     from service.core.repository import ModelRepository
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     return ModelRepository().get(model)
+
+
+def token_counts(model: Any, texts: list[str]) -> list[int]:
+    """Tokens per text as the model's tokenizer counts them (special tokens, truncation)."""
+    encoded = model.tokenizer(
+        texts, truncation=True, max_length=model.max_seq_length, add_special_tokens=True
+    )["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
+def bucket(costs: list[int], budget: int, cap: int) -> list[list[int]]:
+    """Indices of one gathered batch, sorted by cost and cut into groups whose padded cost
+    (rows × the longest row's cost) stays within ``budget`` and whose size within ``cap``;
+    a single input over the budget is a group alone."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    for index in sorted(range(len(costs)), key=costs.__getitem__):
+        # ascending order: the newcomer is the longest of the group
+        if group and ((len(group) + 1) * costs[index] > budget or len(group) >= cap):
+            groups.append(group)
+            group = []
+        group.append(index)
+    if group:
+        groups.append(group)
+    return groups
+
+
+class Bucketed:
+    """Runs one gathered batch as several length-sorted forwards; outputs in arrival order."""
+
+    def __init__(self, session: Any, budget: int, cap: int) -> None:
+        self.session = session
+        self.budget = budget
+        self.cap = cap
+        self.forwards = 0
+
+    def run(self, batch: list[Any]) -> list[Any]:
+        groups = bucket(token_counts(self.session.model, batch), self.budget, self.cap)
+        outputs: list[Any] = [None] * len(batch)
+        for group in groups:
+            for index, output in zip(group, self.session.run([batch[i] for i in group]), strict=True):
+                outputs[index] = output
+        self.forwards += len(groups)
+        return outputs
 
 
 def batches_of(inputs: list[Any], size: int) -> list[list[Any]]:
@@ -59,34 +113,49 @@ def batches_of(inputs: list[Any], size: int) -> list[list[Any]]:
 
 
 def limit(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from service.worker.api import warmup_input
     from service.worker.session import InferenceSession
 
     entry = load(args.model, args.threads)
     session = InferenceSession(entry.load("cpu"), args.grad_mode)
     session.run([warmup_input(entry.spec)])
-    inputs = model_inputs(args.model)
+    inputs = model_inputs(args.model, workload=args.workload)
+    budget = (
+        args.max_batch_tokens or getattr(entry.spec, "max_batch_tokens", None) or DEFAULT_MAX_BATCH_TOKENS
+    )
+    bucketed = Bucketed(session, budget, entry.spec.max_batch_size) if args.bucketed else None
+    runner = bucketed or session
     points = []
     for size in args.batches:
         batches = batches_of(inputs, size)
+        max_diff = None
+        if bucketed is not None:  # same answers as the padded forward, up to float noise
+            padded, split = session.run(batches[0]), bucketed.run(batches[0])
+            max_diff = float((torch.tensor(padded) - torch.tensor(split)).abs().max())
         for batch in batches[:3]:  # warm the shapes
-            session.run(batch)
+            runner.run(batch)
         reps = []
         for _ in range(args.reps):
             latencies = []
+            forwards_before = bucketed.forwards if bucketed else 0
             started = time.perf_counter()
             turn = 0
-            while (now := time.perf_counter()) - started < args.duration:
-                outputs = session.run(batches[turn % len(batches)])
+            # mixed lengths: whole cycles over the inputs, so the batches have their 10% of paragraphs
+            cycle = len(batches) if args.workload == "mixed" else 1
+            while (now := time.perf_counter()) - started < args.duration or turn % cycle:
+                outputs = runner.run(batches[turn % len(batches)])
                 latencies.append((time.perf_counter() - now) * 1000.0)
-                assert len(outputs) == size
+                assert len(outputs) == size and all(output is not None for output in outputs)
                 turn += 1
             elapsed = time.perf_counter() - started
             latencies.sort()
             reps.append(
                 {
                     "batch": size,
-                    "forwards": turn,
+                    "batches": turn,
+                    "forwards": (bucketed.forwards - forwards_before) if bucketed else turn,
                     "requests": turn * size,
                     "throughput_rps": turn * size / elapsed,  # inputs per second
                     "latency_ms": {
@@ -99,8 +168,17 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
                     "errors": 0,
                 }
             )
-        points.append({"batch": size, "reps": reps})
-    return {"model": args.model, "threads": args.threads, "points": points, "peak_rss": max_rss()}
+        points.append({"batch": size, "reps": reps, "bucketed_vs_padded_max_abs_diff": max_diff})
+    return {
+        "model": args.model,
+        "workload": args.workload,
+        "bucketed": args.bucketed,
+        "max_batch_tokens": budget if args.bucketed else None,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "points": points,
+        "peak_rss": max_rss(),
+    }
 
 
 def bare_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +193,11 @@ def bare_memory(args: argparse.Namespace) -> dict[str, Any]:
     peak_one = max_rss()
     batch = batches_of(model_inputs(args.model), entry.spec.max_batch_size)[0]
     session.run(batch)
+    if entry.spec.inputs.kind == "text":
+        # the largest forward the worker can be asked for: max_batch_size of the longest inputs
+        # (the mixed workload's paragraphs, truncated at the model's maximum length)
+        longest = sorted(model_inputs(args.model, workload="mixed"), key=len)[-1]
+        session.run([longest] * entry.spec.max_batch_size)
     return {
         "model": args.model,
         "rss_loaded": loaded,
@@ -171,12 +254,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("limit", "bare-memory", "grad"):
         sub = commands.add_parser(name)
         sub.add_argument("--model", required=True)
-        sub.add_argument("--threads", type=int, default=1)
+        sub.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
         sub.add_argument("--grad-mode", default="no_grad", choices=["no_grad", "inference_mode"])
     sub = commands.choices["limit"]
     sub.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1])
     sub.add_argument("--duration", type=float, default=3.0, help="seconds per repetition")
     sub.add_argument("--reps", type=int, default=1)
+    sub.add_argument("--workload", default="short", choices=WORKLOADS)
+    sub.add_argument("--bucketed", action="store_true", help="sort each batch by tokens, cut under a budget")
+    sub.add_argument("--max-batch-tokens", type=int, default=0, help="0: model.yaml's, else 2048")
     sub = commands.choices["grad"]
     sub.add_argument("--mode", required=True, choices=["grad", "no_grad", "inference_mode"])
     sub.add_argument("--batch", type=int, default=1)

@@ -1,4 +1,11 @@
-"""The request inputs every contender receives: deterministic, so runs are comparable."""
+"""The request inputs every contender receives: deterministic, so runs are comparable.
+
+Workloads:
+- ``short``: one short sentence per request (10 words; a 16-float vector for ``reference``).
+- ``mixed``: what a retrieval pipeline sends when it embeds queries and document chunks:
+  90% sentences of 8–20 words, 10% paragraphs of 180–230 words (about 256 tokens for
+  minilm, its truncation length), shuffled with a fixed seed. Text models only.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +23,45 @@ WORDS = tuple(_TEXT.split(" "))
 # what each model answers per input: a 384-float embedding, a 4-float regression
 OUTPUT_DIM = {"minilm": 384, "reference": 4}
 VECTOR_DIM = 16  # floats per reference-model input
+WORKLOADS = ("short", "mixed")
+
+SENTENCE_WORDS = (8, 20)  # mixed workload: words per sentence, inclusive
+PARAGRAPH_WORDS = (180, 230)  # mixed workload: words per paragraph, inclusive
+PARAGRAPH_SHARE = 0.1
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
 
 
 def sentences(count: int = 256, words: int = 10, seed: int = 0) -> list[str]:
     """``count`` short sentences of ``words`` words each."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "." for _ in range(count)]
+    return [_sentence(rng, words) for _ in range(count)]
+
+
+def paragraph(rng: random.Random, words: int) -> str:
+    """A paragraph of exactly ``words`` words, made of sentences of 8–20 words."""
+    parts = []
+    left = words
+    while left > 0:
+        size = min(left, rng.randint(*SENTENCE_WORDS))
+        parts.append(_sentence(rng, size))
+        left -= size
+    return " ".join(parts)
+
+
+def mixed_texts(count: int = 320, seed: int = 0) -> list[str]:
+    """``count`` texts, exactly ``PARAGRAPH_SHARE`` of them paragraphs (rounded), the rest
+    sentences, at seeded random positions: the same list for the same arguments."""
+    rng = random.Random(seed)
+    long = set(rng.sample(range(count), round(count * PARAGRAPH_SHARE)))
+    return [
+        paragraph(rng, rng.randint(*PARAGRAPH_WORDS))
+        if index in long
+        else _sentence(rng, rng.randint(*SENTENCE_WORDS))
+        for index in range(count)
+    ]
 
 
 def vectors(count: int = 256, seed: int = 0) -> list[list[float]]:
@@ -30,10 +70,15 @@ def vectors(count: int = 256, seed: int = 0) -> list[list[float]]:
     return [[round(rng.uniform(-1.0, 1.0), 4) for _ in range(VECTOR_DIM)] for _ in range(count)]
 
 
-def model_inputs(model: str, count: int = 256) -> list[Any]:
-    """One input per element, of the kind ``model`` takes."""
+def model_inputs(model: str, count: int | None = None, workload: str = "short") -> list[Any]:
+    """One input per element, of the kind ``model`` takes, for ``workload``: 256 by default,
+    320 for ``mixed`` (10 batches of 32, exactly 32 paragraphs among them)."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}: one of {WORKLOADS}")
     if model == "minilm":
-        return list(sentences(count))
+        return mixed_texts(count or 320) if workload == "mixed" else sentences(count or 256)
     if model == "reference":
-        return list(vectors(count))
+        if workload == "mixed":
+            raise ValueError("the mixed workload is text: minilm only")
+        return vectors(count or 256)
     raise ValueError(f"no benchmark inputs for model {model!r}")

@@ -9,7 +9,13 @@ soon as the previous answer arrives. HTTP is written and parsed by hand on async
 the generator stays far from being the bottleneck (``benchmarks.run`` measures its ceiling
 against a trivial server). Every answer is checked: status 200 and, for a model, one output
 of the model's width. Only requests that complete inside the measurement window (after the
-warm-up) count towards throughput and latency; errors are counted over the whole run.
+warm-up) count towards throughput and latency; errors (timeouts among them, also counted
+apart) are counted over the whole run.
+
+``--workload`` picks the inputs (``short`` sentences or ``mixed`` lengths, one text per
+request); ``--api`` the request and answer shape: ``predict`` (``{"inputs": [x]}`` →
+``{"outputs": [y]}``: this service, naive FastAPI, bare LitServe) or ``openai``
+(``{"model": m, "input": [x]}`` → ``{"data": [{"embedding": y}]}``: Infinity's ``/embeddings``).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from benchmarks.inputs import OUTPUT_DIM, model_inputs
+from benchmarks.inputs import OUTPUT_DIM, WORKLOADS, model_inputs
 
 MAX_ERROR_SAMPLES = 5
+APIS = ("predict", "openai")
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -40,13 +47,27 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def build_requests(method: str, host: str, port: int, path: str, model: str | None) -> list[bytes]:
+def request_body(api: str, model: str, item: Any) -> bytes:
+    if api == "openai":
+        return orjson.dumps({"model": model, "input": [item]})
+    return orjson.dumps({"inputs": [item]})
+
+
+def build_requests(
+    method: str,
+    host: str,
+    port: int,
+    path: str,
+    model: str | None,
+    workload: str = "short",
+    api: str = "predict",
+) -> list[bytes]:
     head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: benchmarks-loadgen\r\n"
     if model is None:
         return [(head + "\r\n").encode()]
     requests = []
-    for item in model_inputs(model):
-        body = orjson.dumps({"inputs": [item]})
+    for item in model_inputs(model, workload=workload):
+        body = request_body(api, model, item)
         requests.append(
             (head + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         )
@@ -89,15 +110,22 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, await reader.readexactly(length), keep_alive
 
 
-def check(status: int, body: bytes, dim: int | None) -> str | None:
+def check(status: int, body: bytes, dim: int | None, api: str = "predict") -> str | None:
     """None when the answer is right, else what is wrong with it."""
     if status != 200:
         return f"status {status}: {body[:200]!r}"
     if dim is None:
         return None
     try:
-        outputs = orjson.loads(body)["outputs"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        answer = orjson.loads(body)
+        if api == "openai":
+            data = answer["data"]
+            if not (isinstance(data, list) and len(data) == 1):
+                return f"expected one embedding, got {str(data)[:200]}"
+            outputs = [data[0]["embedding"]]
+        else:
+            outputs = answer["outputs"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         return f"unexpected body ({type(exc).__name__}): {body[:200]!r}"
     if not (isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], list)):
         return f"expected one output, got {str(outputs)[:200]}"
@@ -113,15 +141,22 @@ class Run:
         self.port = url.port or 80
         self.model = None if args.model == "none" else args.model
         self.dim = OUTPUT_DIM[self.model] if self.model else None
-        self.requests = build_requests(args.method, self.host, self.port, url.path or "/", self.model)
+        self.api = args.api
+        self.workload = args.workload
+        self.requests = build_requests(
+            args.method, self.host, self.port, url.path or "/", self.model, args.workload, args.api
+        )
         self.concurrency = args.concurrency
         self.warmup = args.warmup
         self.duration = args.duration
         self.timeout = args.timeout
         self.samples: list[tuple[float, float]] = []  # (start, end) of each correct answer
         self.errors = 0
+        self.timeouts = 0
         self.error_samples: list[str] = []
         self.stop = False
+        self.limit = args.requests  # 0: run for the duration; else send exactly this many, then stop
+        self.issued = 0
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -135,6 +170,10 @@ class Run:
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
         while not self.stop:
+            if self.limit:
+                if self.issued >= self.limit:
+                    break
+                self.issued += 1
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -144,7 +183,7 @@ class Run:
                 status, body, keep_alive = await asyncio.wait_for(read_response(reader), self.timeout)
                 ended = time.perf_counter()
                 turn += 1
-                problem = check(status, body, self.dim)
+                problem = check(status, body, self.dim, self.api)
                 if problem is None:
                     self.samples.append((started, ended))
                 else:
@@ -153,6 +192,8 @@ class Run:
                     writer.close()
                     writer = None
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    self.timeouts += 1
                 self.error(f"{type(exc).__name__}: {exc}"[:200])
                 if writer is not None:
                     writer.close()
@@ -169,6 +210,8 @@ class Run:
                 await writer.wait_closed()
 
     async def main(self) -> dict[str, Any]:
+        if self.limit:
+            return await self.count_run()
         clients = [asyncio.create_task(self.client(i)) for i in range(self.concurrency)]
         origin = time.perf_counter()
         opens, closes = origin + self.warmup, origin + self.warmup + self.duration
@@ -181,19 +224,42 @@ class Run:
         for task in pending:
             task.cancel()
         window = [(s, e) for s, e in self.samples if opens <= e <= closes]
+        return self.summary(window, self.duration, usage_start, usage_end)
+
+    async def count_run(self) -> dict[str, Any]:
+        """``--requests N``: exactly N requests (no warm-up), all of them measured."""
+        usage_start = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await asyncio.gather(*(self.client(i) for i in range(self.concurrency)))
+        elapsed = time.perf_counter() - started
+        usage_end = resource.getrusage(resource.RUSAGE_SELF)
+        self.duration, self.warmup = elapsed, 0.0
+        return {**self.summary(self.samples, elapsed, usage_start, usage_end), "requests_sent": self.issued}
+
+    def summary(
+        self,
+        window: list[tuple[float, float]],
+        seconds: float,
+        usage_start: resource.struct_rusage,
+        usage_end: resource.struct_rusage,
+    ) -> dict[str, Any]:
         latencies = sorted((e - s) * 1000.0 for s, e in window)
         cpu = (
             usage_end.ru_utime - usage_start.ru_utime + usage_end.ru_stime - usage_start.ru_stime
-        ) / self.duration
+        ) / seconds
         return {
             "concurrency": self.concurrency,
+            "workload": self.workload,
+            "api": self.api,
+            "timeout_s": self.timeout,
             "duration_s": self.duration,
             "warmup_s": self.warmup,
             "requests": len(window),
             "requests_total": len(self.samples),
             "errors": self.errors,
+            "timeouts": self.timeouts,
             "error_samples": self.error_samples,
-            "throughput_rps": len(window) / self.duration,
+            "throughput_rps": len(window) / seconds,
             "latency_ms": {
                 "p50": percentile(latencies, 0.50),
                 "p95": percentile(latencies, 0.95),
@@ -213,10 +279,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default="none", choices=["none", *OUTPUT_DIM], help="inputs to send; none: no body"
     )
+    parser.add_argument("--workload", default="short", choices=WORKLOADS, help="which inputs (see inputs.py)")
+    parser.add_argument("--api", default="predict", choices=APIS, help="request body and answer shape")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="send exactly this many requests, all measured (no duration)"
+    )
     parser.add_argument("--no-uvloop", action="store_true")
     return parser.parse_args(argv)
 

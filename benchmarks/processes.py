@@ -34,6 +34,12 @@ def high_water_rss(process: psutil.Process) -> int:
     return 0
 
 
+def _manager(process: psutil.Process) -> bool:
+    """A multiprocessing Manager's server: it listens on a ``pymp-*/listener-*`` unix socket.
+    (It is forked after the HTTP socket is bound, so it holds that socket too.)"""
+    return any("listener-" in (c.laddr or "") for c in process.net_connections(kind="unix"))
+
+
 def role(process: psutil.Process, root: int, port: int) -> str:
     """What a process of a contender's tree is, from its command line and sockets."""
     try:
@@ -44,6 +50,8 @@ def role(process: psutil.Process, root: int, port: int) -> str:
             return "inference worker"
         if process.pid == root:
             return "main"
+        if _manager(process):
+            return "manager"
         listening = any(
             c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
             for c in process.net_connections(kind="tcp")

@@ -9,10 +9,11 @@ from typing import Any
 
 MiB = 2**20
 LABELS = {
-    "limit": "in-process limit",
+    "limit": "in-process limit (all cores)",
     "naive": "naive FastAPI",
     "bare": "bare LitServe",
     "service": "this service",
+    "infinity": "Infinity 0.0.78",
 }
 
 
@@ -48,7 +49,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{meta['date']} · {meta['machine']} · {meta['cores']} cores · {meta['memory_gb']} GB · "
         f"Python {meta['python']} · torch {meta['torch']} · LitServe {meta['litserve']} · "
-        f"torch threads {meta['torch_threads']} · load average at start {', '.join(f'{x:.2f}' for x in meta['load_average'])}",
+        f"torch threads {meta['torch_threads']} (torch's default, one per core: no contender sets it) · load average at start {', '.join(f'{x:.2f}' for x in meta['load_average'])}",
         "",
         f"Mode: {'quick (smoke run)' if plan['quick'] else 'full'}; {plan['reps']} × {plan['duration']:g} s per point "
         f"(after {plan['warmup']:g} s of warm-up load), idle CPU over {plan['idle']:g} s; total {meta.get('total_s', 0):.0f} s. "
@@ -111,8 +112,46 @@ def markdown(results: dict[str, Any]) -> str:
                 "",
                 f"A bare process holding {model}: RSS {bare['rss_loaded'] / MiB:.0f} MiB loaded, "
                 f"{bare['rss_after_one_forward'] / MiB:.0f} MiB after one forward (batch 1), "
-                f"high-water {bare['peak_rss_after_max_batch_forward'] / MiB:.0f} MiB after one forward at batch {bare['max_batch_size']}.",
+                f"high-water {bare['peak_rss_after_max_batch_forward'] / MiB:.0f} MiB after one forward at batch {bare['max_batch_size']}"
+                + (" of its longest inputs." if model in ("minilm",) else "."),
             ]
+        mixed_rows = [
+            (name, point)
+            for name, contender in entry["contenders"].items()
+            for point in contender.get("mixed_points") or []
+        ]
+        if mixed_rows:
+            lines += [
+                "",
+                f"### {model}: mixed lengths, one text per request",
+                "",
+                "90% sentences of 8–20 words, 10% paragraphs of 180–230 words (about 256 tokens), seeded. "
+                f"Client timeout {plan.get('client_timeout', 10):g} s; a timeout counts as an error. "
+                "The in-process limit runs the same inputs in batches of 32 in arrival order: padded to "
+                "the longest, or sorted by token count and cut into forwards under a padded-token budget "
+                "(length-bucketed; outputs put back in order).",
+                "",
+                "| contender | concurrency | req/s (median) | min–max | p50 ms | p95 ms | p99 ms | errors | of which timeouts |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, point in mixed_rows:
+                label = LABELS.get(name, name)
+                if name == "limit":
+                    how = (
+                        f"length-bucketed ≤ {point.get('max_batch_tokens')} tokens"
+                        if point.get("bucketed")
+                        else "padded"
+                    )
+                    label += f", batch {point['batch']} {how}"
+                lines.append(
+                    f"| {label} | {point['concurrency']} | {_num(point.get('throughput_rps'), 0)} | "
+                    f"{_num(point.get('throughput_min'), 0)}–{_num(point.get('throughput_max'), 0)} | "
+                    f"{_num(point.get('p50_ms'), 2)} | {_num(point.get('p95_ms'), 2)} | {_num(point.get('p99_ms'), 2)} | "
+                    f"{point.get('errors', '–')} | {point.get('timeouts', '–')} |"
+                )
+        other = entry["contenders"].get("infinity", {})
+        if other.get("install_s"):
+            lines += ["", f"Infinity's virtualenv was installed in this run ({other['install_s']:.0f} s)."]
         service = entry["contenders"].get("service", {})
         if "health_live" in service:
             health = service["health_live"]
@@ -233,6 +272,41 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     written.append(path)
+
+    for model, entry in results["models"].items():
+        bars = [
+            (LABELS.get(name, name).replace(" (all cores)", "")
+             + ("" if name != "limit" else "\nbucketed" if point.get("bucketed") else "\npadded"),
+             point)
+            for name, contender in entry["contenders"].items()
+            for point in contender.get("mixed_points") or []
+            if not point.get("failed")
+        ]  # fmt: skip
+        if not bars:
+            continue
+        figure, axis = plt.subplots(figsize=(1.4 * len(bars) + 2, 4))
+        x = range(len(bars))
+        axis.bar(x, [p["throughput_rps"] for _, p in bars])
+        axis.errorbar(
+            x,
+            [p["throughput_rps"] for _, p in bars],
+            yerr=[
+                [p["throughput_rps"] - p["throughput_min"] for _, p in bars],
+                [p["throughput_max"] - p["throughput_rps"] for _, p in bars],
+            ],
+            fmt="none",
+            color="black",
+            capsize=3,
+        )
+        axis.set_xticks(list(x), [label for label, _ in bars], fontsize=7)
+        axis.set_ylabel("texts per second")
+        axis.set_title(f"{model}: mixed lengths, 32 connections (in-process: batches of 32)")
+        axis.grid(axis="y", alpha=0.3)
+        figure.tight_layout()
+        path = out / f"{model}_mixed.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
 
     grad = results.get("grad_study") or []
     if grad:

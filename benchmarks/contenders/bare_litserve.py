@@ -2,7 +2,7 @@
 model's ``model.yaml`` and LitServe's defaults otherwise (one API server process, its own
 batching loop, no metrics, no validation).
 
-    python -m benchmarks.contenders.bare_litserve --model minilm --port 8125 --threads 2
+    python -m benchmarks.contenders.bare_litserve --model minilm --port 8125
 
 Requests are ``{"inputs": [x]}`` with one input; answers ``{"outputs": [y]}``.
 """
@@ -26,7 +26,8 @@ class BareAPI(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device: str) -> None:
         import torch
 
-        torch.set_num_threads(self.threads)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.model = ModelRepository().get(self.model_name).load(device)
 
     # left unannotated: LitServe reads the annotation to build its endpoint, and a (string)

@@ -1,7 +1,7 @@
 """The server a user would write first: FastAPI + uvicorn in one process, one forward per
 request under ``torch.no_grad()``, no batching.
 
-    python -m benchmarks.contenders.naive_fastapi --model minilm --port 8124 --threads 2
+    python -m benchmarks.contenders.naive_fastapi --model minilm --port 8124
 
 The endpoint is a plain ``def`` (FastAPI runs it in its thread pool), as FastAPI's docs advise
 for blocking work. The model is loaded through the same repository as the service's, so the
@@ -26,7 +26,8 @@ class PredictRequest(BaseModel):
 
 
 def build_app(model_name: str, threads: int) -> FastAPI:
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     model = ModelRepository().get(model_name).load("cpu")
     app = FastAPI()
 
