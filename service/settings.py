@@ -50,7 +50,6 @@ class Settings(BaseSettings):
     # 0 = share the machine's cores between all inference workers
     torch_threads: int = Field(0, ge=0, le=256)
     num_api_servers: int = Field(1, ge=1, le=32)
-    # answers travel from workers to API servers over ZeroMQ instead of LitServe's Manager queues
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # JSON request bodies
     # seconds a client may pause while sending a body (408 beyond): a slow sender cannot hold a slot
     body_timeout: float = Field(30.0, gt=0.0, le=3600.0)
