@@ -52,7 +52,13 @@ async def embeddings(request: Request) -> Response:
     state = service_state(request)
     started, arrived = time.perf_counter(), time.monotonic()
     code = 500
-    model: str | None = None
+    named: list[str] = []  # the model the body names, once the codec has looked it up (for metrics)
+
+    def lookup(name: str) -> ModelSpec | None:
+        named.append(name)
+        route = state.routes.get(name)
+        return route.spec if route is not None else None
+
     try:
         require_api_key(request)
         settings = state.settings
@@ -60,8 +66,7 @@ async def embeddings(request: Request) -> Response:
             request.headers, arrived, settings.request_timeout, settings.max_request_timeout
         )
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
-        parsed = parse_embeddings_body(body, lambda name: _spec(state, name))
-        model = parsed.model
+        parsed = parse_embeddings_body(body, lookup)
         route = state.route(parsed.model)
         result = await state.dispatcher.predict(route, request, parsed.inputs, deadline)
         content = encode_embeddings_response(parsed, result.outputs, result.tokens)
@@ -74,12 +79,7 @@ async def embeddings(request: Request) -> Response:
         code = exc.status
         return openai_error(exc)
     finally:
-        state.observe(model or "", metrics.EMBEDDINGS_ENDPOINT, started, code)
-
-
-def _spec(state: ServiceState, name: str) -> ModelSpec | None:
-    route = state.routes.get(name)
-    return route.spec if route is not None else None
+        state.observe(named[0] if named else "", metrics.EMBEDDINGS_ENDPOINT, started, code)
 
 
 # --- OpenAPI: the request body and answers, from the served text models --------------------------
