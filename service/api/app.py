@@ -34,7 +34,7 @@ def register(app: FastAPI, state: ServiceState) -> None:
     native.register(app, state)
     files.register(app)
     health.register(app)
-    v2.register(app)
+    v2.register(app, state.routes)
     openai.register(app, state)
 
 

@@ -16,6 +16,7 @@ dispatch core, deadlines, API keys and metrics as the native route. Decisions:
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,6 +38,7 @@ from service.api.v2_tensors import (
     parse_infer_request,
     server_metadata,
 )
+from service.core.repository import ModelSpec
 
 SERVER_NAME = "inference-service"
 DATATYPES = (
@@ -193,49 +195,66 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _OBJECT = {"type": "object"}
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "datatype", "shape"],
-    "properties": {
-        "name": {"type": "string"},
-        "datatype": {"type": "string", "enum": list(DATATYPES)},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "data": {"type": "array", "description": "flat or nested, row-major; strings for BYTES"},
-        "parameters": _nullable(_OBJECT),
-    },
-}
-INFER_REQUEST_SCHEMA: dict[str, Any] = {
-    "title": "InferRequest",
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": _nullable({"type": "string"}),
-        "parameters": _nullable(_OBJECT),
-        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": _TENSOR},
-        "outputs": _nullable(
-            {
+NUMERIC_DATATYPES = tuple(datatype for datatype in DATATYPES if datatype not in ("BOOL", "BYTES"))
+
+
+def infer_request_schema(spec: ModelSpec) -> dict[str, Any]:
+    """The ``/infer`` JSON body for one model: its input tensor's name, the datatypes it takes and
+    the rank of its shape (the element count must match the shape: that JSON Schema cannot say)."""
+    text = spec.inputs.kind == "text"
+    dimension = {"type": "integer", "minimum": 0}
+    tensor = {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string", "enum": [spec.tensors.input]},
+            "datatype": {"type": "string", "enum": ["BYTES"] if text else list(NUMERIC_DATATYPES)},
+            "shape": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {"name": {"type": "string"}, "parameters": _nullable(_OBJECT)},
-                },
-            }
-        ),
-    },
-}
-_INFER_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": INFER_REQUEST_SCHEMA},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": f"the JSON header, then binary tensors; {HEADER_LENGTH} gives its length",
+                "items": dimension,
+                "minItems": 1 if text else 2,
+                "maxItems": 2,
             },
+            "data": {"type": "array", "description": "flat or nested, row-major; UTF-8 strings for BYTES"},
+            "parameters": _nullable(_OBJECT),
         },
     }
-}
+    output = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "enum": [spec.tensors.output]},
+            "parameters": _nullable(_OBJECT),
+        },
+    }
+    return {
+        "title": f"{spec.name}InferRequest",
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": _nullable({"type": "string"}),
+            "parameters": _nullable(_OBJECT),
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor},
+            "outputs": _nullable({"type": "array", "maxItems": 1, "items": output}),
+        },
+    }
+
+
+def _infer_openapi(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": infer_request_schema(spec)},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": f"the JSON header, then binary tensors; {HEADER_LENGTH} gives its length",
+                },
+            },
+        }
+    }
+
+
 _BINARY_200: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The output tensor: JSON, or the JSON header followed by binary data",
@@ -244,7 +263,7 @@ _BINARY_200: dict[int | str, dict[str, Any]] = {
 }
 
 
-def register(app: FastAPI) -> None:
+def register(app: FastAPI, routes: Mapping[str, ModelRoute]) -> None:
     add = app.add_api_route
     add("/v2", server_info, methods=["GET"], tags=["v2"], response_model=ServerMetadata)
     add("/v2/health/live", server_live, methods=["GET"], tags=["v2"], response_model=LiveResponse)
@@ -274,13 +293,43 @@ def register(app: FastAPI) -> None:
             response_model=ModelReadyResponse,
             responses=error_responses(401, 404, 503),
         )
-        add(
-            f"{prefix}/infer",
-            infer_version if versioned else infer,
-            methods=["POST"],
-            tags=["v2"],
-            response_model=InferResponse,
-            responses={**_BINARY_200, **error_responses(400, 401, 404, 408, 413, 415, 503, 504)},
-            openapi_extra=_INFER_OPENAPI,
-            summary="Run a model on v2 tensors (JSON or binary)",
-        )
+    # one infer route per served model, so that the document has its precise request schema; the
+    # templates with {name} catch models that are not served (404) and label the metrics
+    for name, route in routes.items():
+        handlers: list[tuple[str, Callable[..., Awaitable[Response]]]] = [
+            (f"/v2/models/{name}/infer", _infer_for(name)),
+            (f"/v2/models/{name}/versions/{{version}}/infer", _infer_version_for(name)),
+        ]
+        for path, handler in handlers:
+            add(
+                path,
+                handler,
+                methods=["POST"],
+                tags=["v2"],
+                response_model=InferResponse,
+                responses={**_BINARY_200, **error_responses(400, 401, 404, 408, 413, 415, 503, 504)},
+                openapi_extra=_infer_openapi(route.spec),
+                summary=f"Run {name} on v2 tensors (JSON or binary)",
+            )
+    add("/v2/models/{name}/infer", infer, methods=["POST"], include_in_schema=False)
+    add(
+        "/v2/models/{name}/versions/{version}/infer", infer_version, methods=["POST"], include_in_schema=False
+    )
+
+
+def _infer_for(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """``infer`` on one model's own route (its path has no ``{name}`` parameter)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await infer(request, name)
+
+    endpoint.__name__ = f"infer_{name}"
+    return endpoint
+
+
+def _infer_version_for(name: str) -> Callable[[Request, str], Awaitable[Response]]:
+    async def endpoint(request: Request, version: str) -> Response:
+        return await infer_version(request, name, version)
+
+    endpoint.__name__ = f"infer_{name}_version"
+    return endpoint
