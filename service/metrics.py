@@ -28,7 +28,17 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 PREDICT_ENDPOINT = "/v1/models/{name}/predict"
 FILE_ENDPOINT = "/v1/models/{name}/predict-file"
-ENDPOINTS = (PREDICT_ENDPOINT, FILE_ENDPOINT)
+V2_INFER_ENDPOINT = "/v2/models/{name}/infer"
+V2_VERSIONED_INFER_ENDPOINT = "/v2/models/{name}/versions/{version}/infer"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+# every endpoint label: the route template of each route that runs a model (native, v2, OpenAI)
+ENDPOINTS = (
+    PREDICT_ENDPOINT,
+    FILE_ENDPOINT,
+    V2_INFER_ENDPOINT,
+    V2_VERSIONED_INFER_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
+)
 UNKNOWN_MODEL = "unknown"  # label for requests naming a model that is not served
 # the status codes a model route answers with; pre-initialised so rates start at 0
 CODES = ("200", "400", "401", "404", "405", "408", "413", "415", "422", "499", "500", "503", "504")

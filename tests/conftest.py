@@ -34,3 +34,13 @@ def server() -> Iterator[ServerProcess]:
     """A real `python -m service serve` on a free loopback port, serving minilm and reference."""
     with ServerProcess(serve=["minilm", "reference"]) as process:
         yield process
+
+
+API_KEY = "protocol-test-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_server() -> Iterator[ServerProcess]:
+    """A real server with an API key configured (``API_KEY``), serving the small reference model."""
+    with ServerProcess(serve=["reference"], env={"SERVICE_API_KEYS": f'["{API_KEY}"]'}) as process:
+        yield process

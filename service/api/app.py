@@ -1,7 +1,8 @@
 """Everything the API servers serve, registered on LitServe's FastAPI app.
 
 One module per protocol registers its routes here: native (``/v1/models/...``), files
-(``predict-file``), health and metrics; a new protocol (``v2.py``, ``openai.py``) adds one line.
+(``predict-file``), health and metrics, the Open Inference Protocol (``v2.py``, ``/v2/...``) and
+OpenAI's embeddings (``openai.py``, ``/v1/embeddings``).
 Every response of every route carries an ``X-Request-ID``: the client's when it sent a sane one,
 else a generated one; error log lines name it.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.api import files, health, native
+from service.api import files, health, native, openai, v2
 from service.api.errors import REQUEST_ID, install_error_handlers, json_response
 from service.api.state import ServiceState
 
@@ -33,6 +34,8 @@ def register(app: FastAPI, state: ServiceState) -> None:
     native.register(app, state)
     files.register(app)
     health.register(app)
+    v2.register(app, state.routes)
+    openai.register(app, state)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

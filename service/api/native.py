@@ -1,5 +1,9 @@
 """The native protocol: ``POST /v1/models/{name}/predict``, ``GET /v1/models[/{name}]``.
 
+``GET /v1/models`` answers both native clients and OpenAI's SDK: ``{"object": "list", "data":
+[{"id", "object": "model", "created", "owned_by", ...our fields}], "models": [...our fields]}``;
+``GET /v1/models/{name}`` is one such ``data`` entry, so ``models.retrieve`` works too.
+
 Requests are validated here, before they cross into a worker: a client mistake is answered
 with a 4xx from the API server and never reaches (or kills) an inference worker. Accepted
 inputs go through the dispatch core; errors are ``{"error": "..."}``.
@@ -19,6 +23,7 @@ from service import metrics
 from service.api.auth import require_api_key
 from service.api.dispatch import request_deadline
 from service.api.errors import ApiError, describe_validation, error_responses, json_response
+from service.api.openai_schema import model_entry, model_list
 from service.api.state import ModelRoute, ServiceState, service_state
 from service.api.uploads import read_json
 from service.core.repository import ModelSpec
@@ -88,15 +93,20 @@ async def predict_unknown(request: Request, name: str) -> Response:
 
 
 async def list_models(request: Request) -> Response:
+    """The served models, for native clients (``models``) and OpenAI's ``models.list()`` (``data``)."""
     require_api_key(request)
     state = service_state(request)
-    return json_response({"models": [describe(state, route) for route in state.routes.values()]})
+    described = [describe(state, route) for route in state.routes.values()]
+    document = model_list([model_entry(entry["name"], state.started_at, entry) for entry in described])
+    document["models"] = described
+    return json_response(document)
 
 
 async def get_model(request: Request, name: str) -> Response:
+    """One model's description, with OpenAI's ``id``/``object``/``created``/``owned_by`` first."""
     require_api_key(request, name)
     state = service_state(request)
-    return json_response(describe(state, state.route(name)))
+    return json_response(model_entry(name, state.started_at, describe(state, state.route(name))))
 
 
 def describe(state: ServiceState, route: ModelRoute) -> dict[str, Any]:

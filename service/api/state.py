@@ -64,6 +64,8 @@ class ServiceState:
     ) -> None:
         self.settings = settings
         self.routes = routes
+        # when the server started (Unix seconds): what OpenAI's model listing calls ``created``
+        self.started_at = int(time.time())
         self.workers = workers
         self.shutting_down = mp.Value("b", 0)  # new requests are refused (503)
         # readiness answers 503 while requests are still served (SIGTERM's shutdown_delay)
@@ -96,6 +98,15 @@ class ServiceState:
             name: all(snapshot.get(worker_key(name, index)) == "ready" for index in range(route.workers))
             for name, route in self.routes.items()
         }
+
+    def unready_reason(self) -> str | None:
+        """Why the server is not ready (shutting down, or models still loading); None when it is."""
+        if self.shutting_down.value or self.unready.value:
+            return "server is shutting down"
+        waiting = [name for name, ready in self.readiness().items() if not ready]
+        if waiting:
+            return f"models not ready yet: {', '.join(waiting)}"
+        return None
 
     def observe(self, model: str, endpoint: str, started: float, code: int) -> None:
         """Count one answered request of a model route (``endpoint`` is the route template)."""

@@ -1,5 +1,5 @@
-"""Request bodies, read in bounded chunks in the API server: JSON bodies, and file uploads
-spooled to disk.
+"""Request bodies, read in bounded chunks in the API server: whole bodies (JSON, v2 tensors,
+OpenAI requests; gzip/deflate decompressed within the same limit), and file uploads spooled to disk.
 
 LitServe would hold a whole upload in memory and pickle it to a worker; here the body goes
 straight from the socket into a spool file (``with open(..., "wb")``), raw or as the single
@@ -9,6 +9,7 @@ part of ``multipart/form-data``, and the size limit answers 413 as soon as it is
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ CONTENT_TYPES: dict[str, Format] = {
 }
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
 JSON_TYPES = ("application/json",)
+# Content-Encoding -> zlib wbits: gzip's header, and HTTP's "deflate", which is the zlib format (RFC 9110)
+CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 async def body_chunks(request: Request, idle_timeout: float) -> AsyncIterator[bytes]:
@@ -47,12 +50,9 @@ async def body_chunks(request: Request, idle_timeout: float) -> AsyncIterator[by
         yield chunk
 
 
-async def read_json(request: Request, limit: int, idle_timeout: float) -> Any:
-    """The body parsed as JSON: 415 for another content type, 413 past ``limit`` bytes, 400 if malformed."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in JSON_TYPES:
-        shown = content_type or "none"
-        raise ApiError(415, f"content type must be application/json, got {shown}")
+async def read_body(request: Request, limit: int, idle_timeout: float) -> bytes:
+    """The whole body, any content type: 413 past ``limit`` bytes (before decompression, and
+    after it for a ``Content-Encoding`` of ``gzip`` or ``deflate``), 415 for another encoding."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
@@ -61,10 +61,46 @@ async def read_json(request: Request, limit: int, idle_timeout: float) -> Any:
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+    return decode_content(bytes(body), request.headers.get("content-encoding"), limit)
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """``body`` decompressed as its ``Content-Encoding`` says, never past ``limit`` bytes (a
+    compressed bomb is a 413 after ``limit`` bytes of output, not an exhausted memory)."""
+    codings = [part.strip().lower() for part in (encoding or "").split(",") if part.strip()]
+    codings = [coding for coding in codings if coding != "identity"]
+    if not codings:
+        return body
+    if len(codings) > 1 or codings[0] not in CONTENT_ENCODINGS:
+        raise ApiError(
+            415, f"content encoding {(encoding or '')[:40]!r} is not supported; send gzip, deflate or none"
+        )
+    coding = codings[0]
+    decompressor = zlib.decompressobj(CONTENT_ENCODINGS[coding])
+    try:
+        decoded = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, f"the {coding} body cannot be decompressed: {exc}") from None
+    if len(decoded) > limit or decompressor.unconsumed_tail:
+        raise ApiError(413, f"the decompressed request body exceeds the limit of {limit} bytes")
+    if not decompressor.eof:
+        raise ApiError(400, f"the {coding} body is truncated")
+    if decompressor.unused_data:
+        raise ApiError(400, f"the {coding} body has data after its end")
+    return decoded
+
+
+async def read_json(request: Request, limit: int, idle_timeout: float) -> Any:
+    """The body parsed as JSON: 415 for another content type, 413 past ``limit`` bytes, 400 if malformed."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        shown = content_type or "none"
+        raise ApiError(415, f"content type must be application/json, got {shown}")
+    body = await read_body(request, limit, idle_timeout)
     if not body:
         raise ApiError(400, 'request body is empty; expected a JSON object like {"inputs": [...]}')
     try:
-        return orjson.loads(bytes(body))
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
 

@@ -1,11 +1,16 @@
 """Hostile and malformed input against the real server: every route answers a clear 4xx with
-``{"error": ...}`` JSON, never a 5xx, a hang or a leak, and the server stays ready afterwards."""
+``{"error": ...}`` JSON (OpenAI's shape on ``/v1/embeddings``), never a 5xx, a hang or a leak,
+and the server stays ready afterwards."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import json
 import socket
+import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -385,6 +390,8 @@ def read_head(sock: socket.socket, deadline: float) -> bytes:
         (PREDICT["reference"], "application/json", b'{"inputs": [['),
         (FILE, "application/x-ndjson", GOOD_LINE),
         (FILE, MULTIPART, b"--zzz\r\n" + part()),
+        ("/v2/models/reference/infer", "application/octet-stream", b'{"inputs": ['),
+        ("/v1/embeddings", "application/json", b'{"model": "minilm", "input": ["'),
     ],
 )
 def test_a_huge_declared_body_is_refused_before_it_is_sent(
@@ -455,6 +462,177 @@ def test_file_key_parameters_are_bounded(server: ServerProcess) -> None:
         )
 
 
+# --- the Open Inference Protocol (v2) and OpenAI embeddings ---------------------------------------
+
+V2 = {"minilm": "/v2/models/minilm/infer", "reference": "/v2/models/reference/infer"}
+EMBEDDINGS = "/v1/embeddings"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# 32 MiB of zeros, ~32 kB compressed: decompressed only up to max_body_bytes
+BOMB = zlib.compress(b"\x00" * (32 * 1024 * 1024), 9)
+GZIP_BOMB = gzip.compress(b"\x00" * (32 * 1024 * 1024), 9)
+
+
+def v2_binary(tensor: dict[str, Any], data: bytes, header_length: str | None = None) -> dict[str, Any]:
+    """A binary-extension request: the JSON header, then ``data``."""
+    header = json.dumps({"inputs": [tensor]}).encode()
+    length = str(len(header)) if header_length is None else header_length
+    return {"content": header + data, "headers": {HEADER_LENGTH: length}}
+
+
+def v2_json(tensor: dict[str, Any], **document: Any) -> dict[str, Any]:
+    return {"content": json.dumps({"inputs": [tensor], **document}).encode()}
+
+
+def prefixed(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def text(shape: list[int], **fields: Any) -> dict[str, Any]:
+    return {"name": "TEXT", "datatype": "BYTES", "shape": shape, **fields}
+
+
+def floats(shape: list[Any], datatype: str = "FP32", **fields: Any) -> dict[str, Any]:
+    return {"name": "INPUT", "datatype": datatype, "shape": shape, **fields}
+
+
+FOUR_FLOATS = struct.pack("<16f", *range(16))
+
+# (id, model, request kwargs, expected statuses)
+V2_CASES: list[tuple[str, str, dict[str, Any], tuple[int, ...]]] = [
+    ("empty-body", "reference", {"content": b""}, (400,)),
+    ("not-json", "reference", {"content": b"{inputs"}, (400,)),
+    ("json-list", "reference", {"content": b"[]"}, (400,)),
+    ("deep-nesting", "reference", {"content": b"[" * DEEP + b"]" * DEEP}, (400,)),
+    ("no-inputs", "reference", {"content": b"{}"}, (400,)),
+    ("two-inputs", "reference", {"content": json.dumps({"inputs": [floats([1, 16]), floats([1, 16])]}).encode()}, (400,)),
+    ("unknown-output", "reference", v2_json(floats([1, 16], data=[0.0] * 16), outputs=[{"name": "nope"}]), (400,)),
+    ("id-number", "reference", v2_json(floats([1, 16], data=[0.0] * 16), id=5), (400,)),
+    ("header-length-past-body", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 64}), FOUR_FLOATS, "100000"), (400,)),
+    ("header-length-huge", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 64}), FOUR_FLOATS, "9" * 400), (400,)),
+    ("header-length-negative", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 64}), FOUR_FLOATS, "-5"), (400,)),
+    ("header-length-word", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 64}), FOUR_FLOATS, "abc"), (400,)),
+    ("header-length-cuts-json", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 64}), FOUR_FLOATS, "10"), (400,)),
+    ("binary-size-negative", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": -64}), FOUR_FLOATS), (400,)),
+    ("binary-size-oversized", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 2**40}), FOUR_FLOATS), (400,)),
+    ("binary-size-short", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 32}), FOUR_FLOATS), (400,)),
+    ("binary-size-string", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": "64"}), FOUR_FLOATS), (400,)),
+    ("binary-without-header", "reference", {"content": json.dumps({"inputs": [floats([1, 16], parameters={"binary_data_size": 64})]}).encode() + FOUR_FLOATS}, (400,)),
+    ("binary-and-data", "reference", v2_binary(floats([1, 16], data=[0.0] * 16, parameters={"binary_data_size": 64}), FOUR_FLOATS), (400,)),
+    ("binary-nan", "reference", v2_binary(floats([1, 16], parameters={"binary_data_size": 64}), struct.pack("<16f", *[float("nan")] * 16)), (400,)),
+    ("binary-count-mismatch", "reference", v2_binary(floats([2, 16], parameters={"binary_data_size": 64}), FOUR_FLOATS), (400,)),
+    ("shape-vs-data", "reference", v2_json(floats([2, 16], data=[0.0] * 16)), (400,)),
+    ("data-too-long", "reference", v2_json(floats([1, 16], data=[0.0] * 17)), (400,)),
+    ("wrong-dim", "reference", v2_json(floats([1, 8], data=[0.0] * 8)), (400,)),
+    ("negative-dim", "reference", v2_json(floats([-1, 16], data=[0.0] * 16)), (400,)),
+    ("float-dim", "reference", v2_json(floats([1.0, 16], data=[0.0] * 16)), (400,)),
+    ("huge-shape", "reference", v2_json(floats([10**12, 16], data=[0.0] * 16)), (413,)),
+    ("huge-shape-past-64-bits", "reference", {"content": b'{"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [' + b"9" * 30 + b', 16], "data": [0]}]}'}, (413,)),
+    ("many-dims", "reference", v2_json(floats([1] * 100, data=[0.0])), (413,)),
+    ("too-many-inputs", "reference", v2_json(floats([1025, 16], data=[0.0] * 16)), (413,)),
+    ("bytes-to-vector-model", "reference", v2_json(floats([1, 16], "BYTES", data=["a"] * 16)), (400,)),
+    ("bool-datatype", "reference", v2_json(floats([1, 16], "BOOL", data=[True] * 16)), (400,)),
+    ("unknown-datatype", "reference", v2_json(floats([1, 16], "FLOAT", data=[0.0] * 16)), (400,)),
+    ("strings-as-numbers", "reference", v2_json(floats([1, 16], data=["1"] * 16)), (400,)),
+    ("int-too-big-for-float32", "reference", v2_json(floats([1, 16], "INT64", data=[2**40 + 1] * 16)), (400,)),
+    ("fp64-past-float32", "reference", v2_json(floats([1, 16], "FP64", data=[1e300] * 16)), (400,)),
+    ("bytes-prefix-past-end", "minilm", v2_binary(text([1], parameters={"binary_data_size": 7}), struct.pack("<I", 1000) + b"abc"), (400,)),
+    ("bytes-prefix-cut-short", "minilm", v2_binary(text([1], parameters={"binary_data_size": 2}), b"\x05\x00"), (400,)),
+    ("bytes-count-mismatch", "minilm", v2_binary(text([2], parameters={"binary_data_size": 9}), prefixed(b"hello")), (400,)),
+    ("bytes-extra-elements", "minilm", v2_binary(text([1], parameters={"binary_data_size": 10}), prefixed(b"a", b"b")), (400,)),
+    ("bytes-invalid-utf8", "minilm", v2_binary(text([1], parameters={"binary_data_size": 6}), prefixed(b"\xff\xfe")), (400,)),
+    ("bytes-too-long", "minilm", v2_json(text([1], data=["x" * 10_001])), (413,)),
+    ("fp32-to-text-model", "minilm", v2_json(text([1], datatype="FP32", data=[1.0])), (400,)),
+    ("numbers-as-bytes", "minilm", v2_json(text([2], data=["a", 1])), (400,)),
+    ("text-shape-2d", "minilm", v2_json(text([1, 2], data=["a", "b"])), (400,)),
+    ("zero-texts", "minilm", v2_json(text([0], data=[])), (400,)),
+    ("too-many-texts", "minilm", v2_json(text([257], data=["a"] * 257)), (413,)),
+    ("deflate-bomb", "reference", {"content": BOMB, "headers": {"content-encoding": "deflate"}}, (413,)),
+    ("gzip-bomb", "reference", {"content": GZIP_BOMB, "headers": {"content-encoding": "gzip"}}, (413,)),
+    ("gzip-corrupt", "reference", {"content": b"\x1f\x8b" + b"\x00" * 40, "headers": {"content-encoding": "gzip"}}, (400,)),
+    ("gzip-truncated", "reference", {"content": gzip.compress(b'{"inputs": []}')[:-12], "headers": {"content-encoding": "gzip"}}, (400,)),
+    ("unknown-encoding", "reference", {"content": b"{}", "headers": {"content-encoding": "br"}}, (415,)),
+    ("timeout-header-nan", "reference", {"content": b"{}", "headers": {"x-request-timeout": "nan"}}, (400,)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "statuses"), [pytest.param(m, k, s, id=i) for i, m, k, s in V2_CASES]
+)
+def test_v2_infer_answers_hostile_bodies_with_a_json_4xx(
+    server: ServerProcess, model: str, kwargs: dict[str, Any], statuses: tuple[int, ...]
+) -> None:
+    assert_error(server.client.post(V2[model], **kwargs), *statuses)
+
+
+def openai_error(response: httpx.Response, *statuses: int) -> str:
+    """A 4xx (one of ``statuses``) in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    if statuses:
+        assert response.status_code in statuses, (response.status_code, response.text[:300])
+    assert response.headers["content-type"] == "application/json", response.headers
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    message: str = body["error"]["message"]
+    assert isinstance(message, str) and message
+    return message
+
+
+def embeddings_body(**fields: Any) -> dict[str, Any]:
+    return {"json": {"model": "minilm", **fields}}
+
+
+OPENAI_CASES: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
+    ("empty-body", {"content": b""}, (400,)),
+    ("not-json", {"content": b"{model"}, (400,)),
+    ("deep-nesting", {"content": b"[" * DEEP + b"]" * DEEP}, (400,)),
+    ("list-body", {"json": ["hello"]}, (400,)),
+    ("no-model", {"json": {"input": "a"}}, (400,)),
+    ("model-number", {"json": {"model": 3, "input": "a"}}, (400,)),
+    ("unknown-model", {"json": {"model": "nope", "input": "a"}}, (404,)),
+    ("vector-model", {"json": {"model": "reference", "input": "a"}}, (400,)),
+    ("no-input", embeddings_body(), (400,)),
+    ("input-null", embeddings_body(input=None), (400,)),
+    ("input-zero-items", embeddings_body(input=[]), (400,)),
+    ("input-too-many-items", embeddings_body(input=["a"] * 257), (400,)),
+    ("input-number", embeddings_body(input=5), (400,)),
+    ("input-object", embeddings_body(input={"text": "a"}), (400,)),
+    ("input-token-ids", embeddings_body(input=[101, 102]), (400,)),
+    ("input-token-id-lists", embeddings_body(input=[[101, 102]]), (400,)),
+    ("non-string-item", embeddings_body(input=["a", 5]), (400,)),
+    ("null-item", embeddings_body(input=["a", None]), (400,)),
+    ("object-item", embeddings_body(input=[{"a": 1}]), (400,)),
+    ("bool-items", embeddings_body(input=[True, False]), (400,)),
+    ("too-long-text", embeddings_body(input=["x" * 10_001]), (400,)),
+    ("huge-text", embeddings_body(input=["x" * (4 * 1024 * 1024)]), (400,)),
+    ("dimensions-zero", embeddings_body(input="a", dimensions=0), (400,)),
+    ("dimensions-unsupported", embeddings_body(input="a", dimensions=100), (400,)),
+    ("dimensions-string", embeddings_body(input="a", dimensions="384"), (400,)),
+    ("dimensions-bool", embeddings_body(input="a", dimensions=True), (400,)),
+    ("encoding-format", embeddings_body(input="a", encoding_format="int8"), (400,)),
+    ("user-number", embeddings_body(input="a", user=5), (400,)),
+    ("over-the-body-limit", {"content": b" " * (MAX_BODY_BYTES + 1)}, (413,)),
+    ("gzip-bomb", {"content": GZIP_BOMB, "headers": {"content-encoding": "gzip"}}, (413,)),
+    ("unknown-encoding", {"content": b"{}", "headers": {"content-encoding": "compress"}}, (415,)),
+    ("timeout-header-word", {"json": {"model": "minilm", "input": "a"}, "headers": {"x-request-timeout": "soon"}}, (400,)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "statuses"), [pytest.param(k, s, id=i) for i, k, s in OPENAI_CASES])
+def test_embeddings_answer_hostile_bodies_with_an_openai_4xx(
+    server: ServerProcess, kwargs: dict[str, Any], statuses: tuple[int, ...]
+) -> None:
+    openai_error(server.client.post(EMBEDDINGS, **kwargs), *statuses)
+
+
+def test_the_server_is_still_ready_after_hostile_v2_and_openai_bodies(server: ServerProcess) -> None:
+    assert server.client.get("/health/ready").status_code == 200
+    assert server.client.get("/v2/health/ready").status_code == 200
+    tensor = floats([1, 16], data=[0.5] * 16)
+    assert server.client.post(V2["reference"], **v2_json(tensor)).status_code == 200
+    assert server.post(EMBEDDINGS, {"model": "minilm", "input": "hello"}).status_code == 200
+
+
 # --- afterwards: still ready, no memory or file descriptor growth ---------------------------------
 
 
@@ -481,6 +659,10 @@ def hostile_requests() -> list[Callable[[httpx.Client], httpx.Response]]:
     for path, content, headers in bodies:
         requests.append(lambda client, p=path, c=content, h=headers: client.post(p, content=c, headers=h))
     requests.append(lambda client: client.get("/v1/models/..%2F..%2Fetc%2Fpasswd"))
+    for _, model, kwargs, _ in V2_CASES:
+        requests.append(lambda client, path=V2[model], kwargs=kwargs: client.post(path, **kwargs))
+    for _, kwargs, _ in OPENAI_CASES:
+        requests.append(lambda client, kwargs=kwargs: client.post(EMBEDDINGS, **kwargs))
     return requests
 
 

@@ -25,6 +25,10 @@ from tests.support import ServerProcess
 MODEL = "reference"
 PREDICT = "/v1/models/{name}/predict"
 FILE = "/v1/models/{name}/predict-file"
+V2_INFER = "/v2/models/{name}/infer"
+V2_VERSIONED_INFER = "/v2/models/{name}/versions/{version}/infer"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = {PREDICT, FILE, V2_INFER, V2_VERSIONED_INFER, EMBEDDINGS}
 # the status codes and rejection reasons the service declares (each pre-initialised at 0)
 CODES = set(service_metrics.CODES)
 REASONS = set(service_metrics.REJECT_REASONS)
@@ -55,7 +59,7 @@ CUDA_ONLY = (
 # every value each label may take on this server: bounded, known in advance
 ALLOWED_LABELS = {
     "model": {MODEL, "unknown"},
-    "endpoint": {PREDICT, FILE},
+    "endpoint": ENDPOINTS,
     "code": CODES,
     "reason": REASONS,
     "worker": {"0", "1"},
@@ -179,9 +183,14 @@ def test_every_contract_family_is_exported_before_any_request(first_scrape: str)
     parsed = samples(text)
     # counters and histograms start at 0, so that rate() reads 0 instead of nothing
     assert {"200", "404", "422", "500", "503", "504"} <= CODES
-    for code in CODES:
-        for model in (MODEL, "unknown"):
-            assert value(parsed, "inference_requests_total", model=model, endpoint=PREDICT, code=code) == 0
+    assert set(service_metrics.ENDPOINTS) == ENDPOINTS
+    for endpoint in ENDPOINTS:
+        for code in CODES:
+            for model in (MODEL, "unknown"):
+                assert (
+                    value(parsed, "inference_requests_total", model=model, endpoint=endpoint, code=code) == 0
+                )
+        assert value(parsed, "inference_request_duration_seconds_count", model=MODEL, endpoint=endpoint) == 0
     for reason in REASONS:
         assert value(parsed, "inference_rejected_requests_total", model=MODEL, reason=reason) == 0
     assert value(parsed, "inference_worker_restarts_total", model=MODEL) == 0
@@ -240,6 +249,42 @@ def test_counts_are_exact_across_api_servers_and_workers(server: ServerProcess) 
     alive = set(server.pids())
     assert set(handled) <= alive, f"{handled} vs server pids {alive}"
     assert server.process is not None and server.process.pid not in handled
+
+
+def test_v2_and_openai_requests_are_counted_under_their_route_templates(server: ServerProcess) -> None:
+    before = samples(scrape(server))
+    tensor = {"name": "INPUT", "datatype": "FP32", "shape": [2, 16], "data": [vector(0), vector(1)]}
+    assert post_fresh(server.port, f"/v2/models/{MODEL}/infer", {"inputs": [tensor]}) == 200
+    assert post_fresh(server.port, f"/v2/models/{MODEL}/versions/1.0.0/infer", {"inputs": [tensor]}) == 200
+    assert post_fresh(server.port, f"/v2/models/{MODEL}/infer", {"inputs": []}) == 400
+    assert post_fresh(server.port, f"/v2/models/{MODEL}/versions/9/infer", {"inputs": [tensor]}) == 404
+    # the reference model takes vectors, not text: a 400 counted under the model the body names
+    assert post_fresh(server.port, EMBEDDINGS, {"model": MODEL, "input": "a"}) == 400
+    assert post_fresh(server.port, EMBEDDINGS, {"model": f"m{uuid.uuid4().hex}", "input": "a"}) == 404
+    after = samples(scrape(server))
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    expected = {
+        (MODEL, V2_INFER, "200"): 1,
+        (MODEL, V2_INFER, "400"): 1,
+        (MODEL, V2_VERSIONED_INFER, "200"): 1,
+        (MODEL, V2_VERSIONED_INFER, "404"): 1,
+        (MODEL, EMBEDDINGS, "400"): 1,
+        ("unknown", EMBEDDINGS, "404"): 1,
+    }
+    for model in (MODEL, "unknown"):
+        for endpoint in (V2_INFER, V2_VERSIONED_INFER, EMBEDDINGS):
+            for code in CODES:
+                counted = delta("inference_requests_total", model=model, endpoint=endpoint, code=code)
+                assert counted == expected.get((model, endpoint, code), 0), (model, endpoint, code)
+            durations = delta("inference_request_duration_seconds_count", model=model, endpoint=endpoint)
+            codes = sum(n for (m, e, _), n in expected.items() if (m, e) == (model, endpoint))
+            assert durations == codes, (model, endpoint)
+    # two v2 requests of 2 inputs reached the workers
+    assert delta("inference_queue_duration_seconds_count", model=MODEL) == 2
+    assert delta("inference_batch_size_sum", model=MODEL) == 4
 
 
 def test_promtool_accepts_the_scrape(server: ServerProcess, first_scrape: str) -> None:

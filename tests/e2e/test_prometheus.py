@@ -230,6 +230,13 @@ def test_every_dashboard_query_returns_data(stack: Stack, title: str, expr: str,
         assert item["metric"].get("model", MODEL) in {MODEL, "unknown"}, item
 
 
+def test_requests_by_protocol_shows_each_protocol(stack: Stack) -> None:
+    (expr,) = [expr for title, expr in QUERIES if title == "Requests by protocol"]
+    result = stack.poll(_to_promql(expr, ".*"), lambda r: len(r) == 3)
+    # every endpoint label starts at 0, so each protocol has a series before its first request
+    assert {item["metric"].get("protocol") for item in result} == {"native", "v2", "openai"}
+
+
 RULES = _alert_rules()
 # with a healthy server under light traffic these alerts must stay silent
 SILENT = {

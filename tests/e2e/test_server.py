@@ -233,6 +233,21 @@ REQUEST_ID_CALLS = [
     ("GET", "/metrics", {}, 200),
     ("GET", "/openapi.json", {}, 200),
     ("GET", "/no/such/route", {}, 404),
+    ("GET", "/v2", {}, 200),
+    ("GET", "/v2/health/live", {}, 200),
+    ("GET", "/v2/health/ready", {}, 200),
+    ("GET", "/v2/models/reference", {}, 200),
+    ("GET", "/v2/models/reference/versions/1.0.0/ready", {}, 200),
+    ("GET", "/v2/models/reference/versions/9/ready", {}, 404),
+    (
+        "POST",
+        "/v2/models/reference/infer",
+        {"json": {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}]}},
+        200,
+    ),
+    ("POST", "/v2/models/reference/versions/1.0.0/infer", {"content": b"{}"}, 400),
+    ("POST", "/v1/embeddings", {"json": {"model": "minilm", "input": "hello"}}, 200),
+    ("POST", "/v1/embeddings", {"json": {"model": "nope", "input": "hello"}}, 404),
     ("DELETE", "/v1/models/reference/predict", {}, 405),
 ]
 
