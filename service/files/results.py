@@ -64,6 +64,11 @@ class RecordSource:
     def bytes_read(self) -> int:
         return self._batches.bytes_read
 
+    @property
+    def errors_held(self) -> int:
+        """Error records read whose lines wait for an earlier record's output."""
+        return self._held_errors
+
     def take(self, limit: int) -> list[Any]:
         """The values of up to ``limit`` next valid records (error lines written or held on the
         way); ``[]`` at the end, or while ``max_held_errors`` error records wait for outputs."""
