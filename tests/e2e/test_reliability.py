@@ -102,12 +102,12 @@ def test_full_queue_answers_503_at_once_with_retry_after(tmp_path: Path) -> None
 
 
 def test_deadline_covers_queue_and_compute(tmp_path: Path) -> None:
-    with slow_server(tmp_path, delay=1.0) as server:
+    with slow_server(tmp_path, delay=2.0) as server:
         started = time.monotonic()
         response = post(server.url, **{"X-Request-Timeout": "0.4"})
         elapsed = time.monotonic() - started
         assert response.status_code == 504 and "deadline" in response.json()["error"]
-        assert 0.4 <= elapsed < 0.9
+        assert 0.4 <= elapsed < 1.5  # at the deadline, long before the 2 s forward ends
         # a queued request whose deadline passed is dropped before it reaches the model
         with ThreadPoolExecutor(max_workers=3) as pool:
             first = pool.submit(post, server.url)
@@ -184,7 +184,8 @@ def test_killed_worker_fails_its_batch_fast_and_is_replaced(tmp_path: Path) -> N
             workers[0].kill()
             failed = computing.result()
             assert failed.status_code == 503 and "died" in failed.json()["error"]
-            assert time.monotonic() - killed_at < 3
+            # within the monitor's next checks, not after LitServe's ~30 s hang
+            assert time.monotonic() - killed_at < 10
             assert server.client.get("/health/ready").status_code == 503  # the gap shows
             assert queued.result().status_code == 200  # not lost: served by the replacement
         assert server.client.get("/health/ready").status_code == 200
