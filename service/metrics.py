@@ -25,6 +25,8 @@ LATENCY_BUCKETS = (
     0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# padded tokens per forward: one short sentence (~10) .. max_batch_tokens and beyond
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 
 PREDICT_ENDPOINT = "/v1/models/{name}/predict"
 FILE_ENDPOINT = "/v1/models/{name}/predict-file"
@@ -62,6 +64,11 @@ COMPUTE_DURATION = Histogram(
     ["model"], buckets=LATENCY_BUCKETS,
 )  # fmt: skip
 BATCH_SIZE = Histogram("inference_batch_size", "Inputs per forward.", ["model"], buckets=BATCH_BUCKETS)
+BATCH_PADDED_TOKENS = Histogram(
+    "inference_batch_padded_tokens",
+    "Padded cost per forward: its longest input's cost (tokens for a text model, else 1) times its inputs.",
+    ["model"], buckets=TOKEN_BUCKETS,
+)  # fmt: skip
 IN_FLIGHT = Gauge(
     "inference_in_flight_requests", "Requests accepted and not yet answered.", ["model"],
     multiprocess_mode="livesum",
@@ -124,6 +131,7 @@ def initialise_worker_labels(model: str) -> None:
     QUEUE_DURATION.labels(model)
     COMPUTE_DURATION.labels(model)
     BATCH_SIZE.labels(model)
+    BATCH_PADDED_TOKENS.labels(model)
     FILE_BYTES.labels(model)
     for outcome in FILE_OUTCOMES:
         FILE_RECORDS.labels(model, outcome)
@@ -191,7 +199,8 @@ class _Disabled:
 
 
 _METRIC_NAMES = (
-    "REQUESTS", "REQUEST_DURATION", "QUEUE_DURATION", "COMPUTE_DURATION", "BATCH_SIZE", "IN_FLIGHT",
+    "REQUESTS", "REQUEST_DURATION", "QUEUE_DURATION", "COMPUTE_DURATION", "BATCH_SIZE", "BATCH_PADDED_TOKENS",
+    "IN_FLIGHT",
     "WORKER_RSS", "WORKER_PEAK_RSS", "CUDA_ALLOCATED", "CUDA_RESERVED", "CUDA_MAX_ALLOCATED",
     "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "FILE_RECORDS", "FILE_BYTES",
 )  # fmt: skip

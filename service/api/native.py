@@ -118,6 +118,7 @@ def describe(state: ServiceState, route: ModelRoute) -> dict[str, Any]:
         "description": spec.description,
         "inputs": spec.inputs.model_dump(exclude_none=True),
         "max_batch_size": route.max_batch_size,
+        "max_batch_tokens": route.max_batch_tokens,
         "workers": route.workers,
         "max_queue_size": route.max_queue_size,
         "grad_mode": state.settings.grad_mode,

@@ -38,6 +38,7 @@ class ModelRoute:
     workers: int
     max_queue_size: int
     max_batch_size: int
+    max_batch_tokens: int | None  # padded tokens per forward (None: only max_batch_size caps it)
     inflight: Any  # multiprocessing.Value("i") shared by every API server process
     device: str
 

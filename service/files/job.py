@@ -1,10 +1,12 @@
 """The predict-file job: stream an input file through a model into an NDJSON result file.
 
-Behind ``python -m service predict-file`` (``service.cli`` parses its arguments). Results are written in input order, error
-records in their place, to ``.<name>.partial`` beside the output; only a finished job is
-fsynced and renamed to the final name, so a crash or a model error never leaves a truncated
-file there. ``--resume`` continues an interrupted job from its partial file.
-:func:`format_record` is the NDJSON line shared with the HTTP endpoint.
+Behind ``python -m service predict-file`` (``service.cli`` parses its arguments). The records go
+through the same length-aware planner as the server's file jobs (:func:`service.worker.batcher.run_source`
+over a :class:`service.files.results.RecordSource`), so the outputs match the endpoint's. Results
+are written in input order, error records in their place, to ``.<name>.partial`` beside the
+output; only a finished job is fsynced and renamed to the final name, so a crash or a model
+error never leaves a truncated file there. ``--resume`` continues an interrupted job from its
+partial file. :func:`format_record` is the NDJSON line shared with the HTTP endpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,14 +35,17 @@ from service.files.readers import (
     FLOAT32_MAX,
     Format,
     FormatError,
-    Record,
     Validator,
     check_format,
     open_records,
 )
+from service.files.results import RecordSource, format_record
+from service.worker.batcher import Limits, cost_function, run_source
 
 if TYPE_CHECKING:  # torch loads only when a job runs, not when the CLI parser is built
     from service.worker.session import InferenceSession
+
+__all__ = ["JobResult", "format_record", "input_validator", "partial_path", "run_command", "run_predict_file"]
 
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
@@ -57,38 +61,6 @@ class JobResult:
     bytes: int  # input bytes consumed by this run (a resumed run also re-reads the skipped part)
     output: Path  # the final result file
     resumed_after: int = 0  # the last input line already in the partial file (0: fresh start)
-
-
-def format_record(
-    line: int, id: str | int | None, output: Any | None = None, error: str | None = None
-) -> bytes:
-    """One NDJSON result line, newline included.
-
-    ``{"line": n, "id": ..., "output": [...]}`` or ``{"line": n, "id": ..., "error": "..."}``;
-    ``"id"`` is left out when None, ``"output"`` when there is an error.
-    """
-    result: dict[str, Any] = {"line": line}
-    if id is not None:
-        result["id"] = id
-    if error is not None:
-        result["error"] = error
-    else:
-        result["output"] = output
-    return orjson.dumps(result, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
-
-
-def render_batch(session: InferenceSession, batch: Sequence[Record]) -> tuple[bytes, int]:
-    """Run a batch's valid records through the session together; return its NDJSON lines in
-    input order (error lines in place of invalid records) and the number of error lines."""
-    good = [record for record in batch if record.error is None]
-    outputs = iter(session.run([record.value for record in good]) if good else [])
-    lines = []
-    for record in batch:
-        if record.error is None:
-            lines.append(format_record(record.line, record.id, output=next(outputs)))
-        else:
-            lines.append(format_record(record.line, record.id, error=record.error))
-    return b"".join(lines), len(batch) - len(good)
 
 
 def partial_path(output_path: Path) -> Path:
@@ -144,8 +116,9 @@ def run_predict_file(
 ) -> JobResult:
     """Predict on every record of ``input_path`` and write one NDJSON line per record.
 
-    Valid records of each batch go through ``session.run`` together; invalid ones become
-    error lines in their place. The output appears under ``output_path`` only when the whole
+    Valid records go through ``session.run`` in forwards of at most ``batch_size`` inputs (and
+    the model's ``max_batch_tokens``), grouped by length; invalid ones become error lines in
+    their place. The output appears under ``output_path`` only when the whole
     file is done (fsync, then an atomic rename of the partial file). With ``resume``, an
     existing partial file is cut back to its last complete line and the job goes on after the
     input line recorded there; without it, a partial file is started afresh. Raises
@@ -157,7 +130,6 @@ def run_predict_file(
     validate = input_validator(spec.inputs)
     # csv cells and txt lines are strings: vector models read them as JSON arrays
     json_values = spec.inputs.kind == "vector" and fmt != "jsonl"
-    records = errors = 0
     # cutting a partial back to its last whole line loses nothing, so it may precede the format check
     skip = _recover_partial(partial) if resume and partial.exists() else 0
     with open_records(
@@ -176,18 +148,42 @@ def run_predict_file(
             open(partial, "ab" if skip else "wb") as out,
             _Progress(batches.total_bytes, enabled=progress, interval=progress_interval) as meter,
         ):
-            for batch in batches:
-                rendered, failed = render_batch(session, batch)
-                out.write(rendered)
-                errors += failed
-                records += len(batch)
-                meter.update(batches.bytes_read, records)
+            source = _MeteredSource(RecordSource(batches, out), meter)
+            run_source(
+                source,
+                session.run,
+                Limits(batch_size, spec.max_batch_tokens),
+                cost=cost_function(session.model),
+            )
             out.flush()
             os.fsync(out.fileno())
-        consumed = batches.bytes_read
+        records, errors, consumed = source.records.records, source.records.errors, batches.bytes_read
     os.replace(partial, output_path)
     _fsync_folder(output_path.parent)
     return JobResult(records, errors, consumed, output_path, skip)
+
+
+class _MeteredSource:
+    """A :class:`RecordSource` for :func:`run_source` that moves the progress meter as lines are written."""
+
+    uid = "predict-file"
+
+    def __init__(self, records: RecordSource, meter: _Progress) -> None:
+        self.records = records
+        self.meter = meter
+
+    def take(self, limit: int) -> list[Any]:
+        return self.records.take(limit)
+
+    def emit(self, outputs: list[Any]) -> None:
+        self.records.emit(outputs)
+        self.meter.update(self.records.bytes_read, self.records.records)
+
+    def finish(self) -> None:
+        self.meter.update(self.records.bytes_read, self.records.records)
+
+    def fail(self, error: BaseException) -> None:
+        pass  # run_source raises it; the partial file keeps what was written
 
 
 def _recover_partial(partial: Path) -> int:

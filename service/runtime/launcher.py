@@ -72,6 +72,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
     for name, spec, overrides in plans:
         count = overrides.workers or spec.workers
         batch = overrides.max_batch_size or spec.max_batch_size
+        tokens = overrides.max_batch_tokens or spec.max_batch_tokens
         timeout = spec.batch_timeout if overrides.batch_timeout is None else overrides.batch_timeout
         config = WorkerConfig(
             model=name,
@@ -80,7 +81,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             torch_threads=threads,
             max_batch_size=batch,
             batch_timeout=timeout,
-            max_batch_tokens=overrides.max_batch_tokens or spec.max_batch_tokens,
+            max_batch_tokens=tokens,
             max_line_bytes=settings.max_line_bytes,
             metrics=settings.metrics,
             spool_dir=spool_dir,
@@ -93,6 +94,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             workers=count,
             max_queue_size=overrides.max_queue_size or spec.max_queue_size,
             max_batch_size=batch,
+            max_batch_tokens=tokens,
             inflight=mp.Value("i", 0),
             device=settings.accelerator,
         )

@@ -49,8 +49,9 @@ How the worker loop drives it (one thread; ``get(t)`` reads the LitServe queue, 
 ``add_predict(uid, inputs, deadline=payload["deadline"], on_done=send 200, on_error=send
 status_of(exc))`` where :class:`Dropped` carries the status (504 deadline, 499 cancelled) and
 any other exception is a model error (500). A file job becomes a source: an object with
-``uid``, ``take(limit)`` (the next valid inputs read from the spooled file, ``[]`` only at its
-end; it keeps its invalid records and writes their error lines in place when outputs arrive),
+``uid``, ``take(limit)`` (the next valid inputs read from the spooled file; ``[]`` at its end, or
+while it cannot read on until the outputs it gave are emitted; it keeps its invalid records and
+writes their error lines in place when outputs arrive),
 ``emit(outputs)`` (write the NDJSON lines, report ``{"ready": bytes}``), ``finish()`` (the final
 summary) and ``fail(exc)`` (an error message; :class:`Cancelled` when the client went away).
 The CLI runs a source through the same planner with :func:`run_source`.
@@ -159,7 +160,9 @@ class InputSource(Protocol):
     uid: str
 
     def take(self, limit: int) -> Sequence[Any]:
-        """Up to ``limit`` next inputs, at least one unless the source is at its end."""
+        """Up to ``limit`` next inputs. ``[]`` while inputs it gave are still waiting for their
+        outputs means "not now" (e.g. it holds too many records it may only write after them):
+        it is asked again once some are emitted. ``[]`` with every output emitted means its end."""
         ...
 
     def emit(self, outputs: list[Any]) -> None:
@@ -206,6 +209,7 @@ class _File:
     emitted: int = 0
     finished: dict[int, Any] = field(default_factory=dict)  # position -> output, not emitted yet
     exhausted: bool = False
+    paused: bool = False  # take() gave nothing while outputs were outstanding: ask after the next emit
     closed: bool = False
 
     @property
@@ -433,7 +437,7 @@ class Scheduler:
         """Take inputs until the file holds a window's worth; False if the file closed."""
         # a window's worth to plan from; outputs held for in-order emission stay bounded too
         wanted = min(self.window - len(file.backlog), LOOKAHEAD * self.window - (file.taken - file.emitted))
-        if file.exhausted or wanted <= 0:
+        if file.exhausted or file.paused or wanted <= 0:
             return True
         try:
             values = list(file.source.take(wanted))
@@ -441,6 +445,9 @@ class Scheduler:
         except Exception as exc:
             self._error_file(file, exc)
             return False
+        if not values and file.taken > file.emitted:
+            file.paused = True  # at its end, or waiting for these outputs: _emit asks again
+            return True
         if not values:
             file.exhausted = True
             self._emit(file)  # finishes it when nothing is outstanding
@@ -464,6 +471,11 @@ class Scheduler:
                 file.source.finish()
         except Exception as exc:
             self._error_file(file, exc)
+            return
+        if ready and file.paused:
+            file.paused = False
+            if file.emitted == file.taken:
+                self._refill(file)  # a source at its end finishes now, with its last outputs
 
     def _close_request(self, request: _Request) -> None:
         request.closed = True

@@ -1,146 +1,207 @@
-"""The loop that feeds an inference worker's session batches, replacing LitServe's.
+"""The loop that feeds an inference worker's session forwards, replacing LitServe's.
 
 LitServe's batching loop polls its queue every millisecond (a core burnt while idle) and
-batches requests rather than inputs. This one blocks while idle, gathers requests until
-``max_batch_size`` inputs or ``batch_timeout`` seconds, splits large requests into several
-forwards, drops requests whose deadline passed (or whose client went away) before they reach
-the model, and records queue, compute, batch-size and memory metrics.
+batches requests rather than inputs. This one blocks while it has nothing to compute, and
+otherwise drives a :class:`service.worker.batcher.Scheduler`: predict requests are cut into
+length-aware forwards (under ``max_batch_size`` and ``max_batch_tokens``), file jobs are
+low-priority sources that top those forwards up and take turns, so a predict sent during a
+file waits about one forward. Requests whose deadline cannot be met, or whose client went away,
+are dropped before they reach the model. Every request and file the worker holds is in its
+batch ledger while a forward runs, so a worker that dies leaves none of them hanging.
+
+It talks to the API servers only through :class:`WorkerChannel`'s ``receive``, ``send`` and
+``flush``: answers are buffered and delivered at each flush (after each forward, or before it
+when answers were given without one).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from service import metrics
-from service.core.messages import Envelope, Failure, FileJob, PredictJob, PredictResult
+from service.core.messages import Answer, Envelope, Failure, FileJob, PredictJob, PredictResult
 from service.core.spool import BatchLedger, CancelMarkers, batch_ledger_path
 from service.runtime.litserve import WorkerChannel, WorkerLoop
-from service.worker.filejobs import FileStreamer
+from service.worker.batcher import CostFunction, Dropped, Limits, Scheduler, cost_function, unit_costs
+from service.worker.filejobs import FileJobSource, FormatError
 
 if TYPE_CHECKING:
     from service.worker.api import ModelAPI
 
 logger = logging.getLogger("service.worker")
 
-# Every wake-up of an idle process costs CPU (a Manager round trip is several ms here), so idle
-# loops wake rarely: the queue wakes the worker as soon as a request (or the stop sentinel) arrives.
+# Every wake-up of an idle process costs CPU, so an idle loop wakes rarely: the queue wakes the
+# worker as soon as a request (or the stop sentinel) arrives.
 IDLE_POLL = 5.0  # seconds the idle loop blocks on the queue in one call
 
 
-@dataclass
-class Pending:
-    """One predict job taken from the queue: where to answer, and its inputs."""
-
-    reply_to: int
-    uid: str
-    job: PredictJob
-    outputs: list[Any] = field(default_factory=list)
-
-
 class BatchingLoop(WorkerLoop):
-    """Blocks while idle; batches inputs across requests; answers each request once."""
+    """Blocks while idle; schedules predicts and file jobs into forwards; answers each once."""
 
     def serve(self, lit_api: ModelAPI, worker_id: int, channel: WorkerChannel) -> None:
         assert lit_api.session is not None and lit_api.spec is not None and lit_api.memory is not None
         config = lit_api.config
         self.model = config.model
+        self.spec = lit_api.spec
         self.session = lit_api.session
         self.memory = lit_api.memory
         self.channel = channel
+        self.max_line_bytes = config.max_line_bytes
         self.queue_seconds = metrics.QUEUE_DURATION.labels(config.model)
         self.compute_seconds = metrics.COMPUTE_DURATION.labels(config.model)
         self.batch_size = metrics.BATCH_SIZE.labels(config.model)
-        self.max_batch = config.max_batch_size
-        self.batch_timeout = config.batch_timeout
+        self.batch_tokens = metrics.BATCH_PADDED_TOKENS.labels(config.model)
         self.cancels = CancelMarkers(config.spool_dir)
-        self.files = FileStreamer(lit_api.session, lit_api.spec, config.max_batch_size, config.max_line_bytes)
-        self.concurrent = False
-        self.batch_seconds = 0.0
         self.ledger = BatchLedger(
             batch_ledger_path(config.spool_dir, config.model, worker_id) if config.spool_dir else None
         )
-        while True:
-            self._serve_once()
+        cost = cost_function(self.session.model)
+        self.counts_tokens = cost is not unit_costs  # a model with costs() reports them as tokens
+        self.limits = Limits(config.max_batch_size, config.max_batch_tokens)
+        self.scheduler = Scheduler(
+            self.limits, cost=_logged(cost, self.model), batch_timeout=config.batch_timeout
+        )
+        self.reply_to: dict[str, int] = {}  # uid -> where to answer, for what the scheduler holds
+        self.arrived: dict[str, float] = {}  # uid -> arrival, until its first forward starts
+        self.files: dict[str, FileJobSource] = {}
+        self.unflushed = False
+        try:
+            while True:
+                self._serve_once()
+        finally:
+            for source in list(self.files.values()):
+                source.close()
 
     def _serve_once(self) -> None:
-        first = self.channel.get(IDLE_POLL)
-        if first is None:
+        scheduler = self.scheduler
+        # block only when there is nothing to compute; otherwise take what is already waiting
+        self._add(self.channel.receive(IDLE_POLL if scheduler.idle else 0.0))
+        # wait for company only while traffic is concurrent and no file would fill the forward
+        if wait := scheduler.gather_timeout():
+            closes = time.monotonic() + wait
+            while scheduler.gather_timeout() and (left := closes - time.monotonic()) > 0:
+                envelopes = self.channel.receive(left)
+                if not envelopes:
+                    break
+                self._add(envelopes)
+        forward = scheduler.next_forward(self.cancels.current())
+        self._flush()  # answers given without a forward (dropped requests, a finished file)
+        if forward is None:
+            if scheduler.idle:
+                self.ledger.clear()
             return
-        envelopes = [first]
-        count = _size(first)
-        # Wait for company only when traffic is concurrent (the last batch had several requests);
-        # a lone client should not pay batch_timeout on every request. What is already queued is
-        # always taken.
-        wait = self.batch_timeout if self.concurrent else 0.0
-        closes = time.monotonic() + wait
-        while count < self.max_batch:
-            envelope = self.channel.get(closes - time.monotonic())
-            if envelope is None:
-                break
-            envelopes.append(envelope)
-            count += _size(envelope)
-        self.concurrent = len(envelopes) > 1
-        self._run(envelopes)
-        self.channel.flush()
+        started = time.monotonic()
+        for uid in forward.uids:
+            arrived = self.arrived.pop(uid, None)
+            if arrived is not None:  # the first forward of this request or file
+                self.queue_seconds.observe(max(0.0, started - arrived))
+        # everything the scheduler holds: what a crash of this worker would leave unanswered
+        self.ledger.record([(self.reply_to[uid], uid) for uid in scheduler.uids() if uid in self.reply_to])
+        try:
+            outputs = self.session.run(forward.inputs)
+        except Exception as exc:
+            logger.exception("model %s: forward of %d inputs failed", self.model, len(forward))
+            scheduler.fail(forward, exc)
+        else:
+            self.compute_seconds.observe(self.session.last_duration)
+            self.batch_size.observe(len(forward))
+            self.batch_tokens.observe(forward.padded_cost)
+            scheduler.complete(forward, outputs)
+        self._flush()
+        if scheduler.idle:
+            self.ledger.clear()
         self.memory.sample()
 
-    def _run(self, envelopes: list[Envelope]) -> None:
-        started = time.monotonic()
-        cancelled = self.cancels.current()
-        batch: list[Pending] = []
+    # --- adding work ----------------------------------------------------------------------
+
+    def _add(self, envelopes: list[Envelope]) -> None:
         for envelope in envelopes:
             job = envelope.job
-            self.queue_seconds.observe(max(0.0, started - job.arrived))
             if isinstance(job, FileJob):
-                self._run_file(envelope.reply_to, envelope.uid, job)
-                continue
-            if job.deadline - started <= self.batch_seconds:
-                # expired, or would expire before a typical batch finishes: the API server answers
-                # 504 at the deadline, so computing it would only delay everyone behind it
-                self.channel.send(
-                    envelope.reply_to, envelope.uid, Failure(504, "deadline expired while queued")
-                )
-                continue
-            if envelope.uid in cancelled:
-                self.channel.send(envelope.reply_to, envelope.uid, Failure(499, "client closed the request"))
-                continue
-            batch.append(Pending(envelope.reply_to, envelope.uid, job))
-        if not batch:
-            return
-        self.ledger.record([(p.reply_to, p.uid) for p in batch])
-        flat = [(p, x) for p in batch for x in p.job.inputs]
+                self._add_file(envelope.reply_to, envelope.uid, job)
+            else:
+                self._add_predict(envelope.reply_to, envelope.uid, job)
+
+    def _add_predict(self, reply_to: int, uid: str, job: PredictJob) -> None:
+        self.reply_to[uid], self.arrived[uid] = reply_to, job.arrived
+        self.scheduler.add_predict(
+            uid,
+            job.inputs,
+            deadline=job.deadline,
+            on_done=partial(self._predicted, reply_to, uid),
+            on_error=partial(self._failed, reply_to, uid),
+        )
+
+    def _add_file(self, reply_to: int, uid: str, job: FileJob) -> None:
         try:
-            for start in range(0, len(flat), self.max_batch):
-                chunk = flat[start : start + self.max_batch]
-                outputs = self.session.run([x for _, x in chunk])
-                self.compute_seconds.observe(self.session.last_duration)
-                # a moving average of one forward's time, to drop requests that cannot make their deadline
-                self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * self.session.last_duration
-                self.batch_size.observe(len(chunk))
-                for (pending, _), output in zip(chunk, outputs, strict=True):
-                    pending.outputs.append(output)
-        except Exception as exc:
-            logger.exception("model %s: forward failed", self.model)
-            failure = Failure(500, f"model error: {type(exc).__name__}")
-            for pending in batch:
-                self.channel.send(pending.reply_to, pending.uid, failure)
-            self.ledger.clear()
+            source = FileJobSource(
+                uid,
+                job,
+                self.spec,
+                chunk_records=self.limits.max_batch_size,
+                max_line_bytes=self.max_line_bytes,
+                answer=partial(self._send, reply_to, uid),
+                on_close=self._file_closed,
+            )
+        except FormatError as exc:
+            self._send(reply_to, uid, Failure(400, str(exc)))
             return
-        for pending in batch:
-            self.channel.send(pending.reply_to, pending.uid, PredictResult(pending.outputs))
-        self.ledger.clear()
+        except FileNotFoundError:
+            logger.info("model %s: client went away before its file started", self.model)
+            self._send(reply_to, uid, Failure(499, "client closed the request"))
+            return
+        except Exception as exc:
+            logger.exception("model %s: cannot open a file job", self.model)
+            self._send(reply_to, uid, Failure(500, f"cannot read the file: {type(exc).__name__}"))
+            return
+        self.reply_to[uid], self.arrived[uid] = reply_to, job.arrived
+        self.files[uid] = source
+        self.scheduler.add_file(source)
 
-    def _run_file(self, reply_to: int, uid: str, job: FileJob) -> None:
-        self.ledger.record([(reply_to, uid)])
-        for answer in self.files.stream(job, self.compute_seconds, self.batch_size):
-            self.channel.send(reply_to, uid, answer)
+    # --- answers --------------------------------------------------------------------------
+
+    def _predicted(self, reply_to: int, uid: str, outputs: list[Any], costs: list[int]) -> None:
+        self._forget(uid)
+        tokens = sum(costs) if self.counts_tokens else 0
+        self._send(reply_to, uid, PredictResult(outputs, tokens))
+
+    def _failed(self, reply_to: int, uid: str, error: BaseException) -> None:
+        self._forget(uid)
+        if isinstance(error, Dropped):
+            self._send(reply_to, uid, Failure(error.status, str(error)))
+        else:
+            self._send(reply_to, uid, Failure(500, f"model error: {type(error).__name__}"))
+
+    def _file_closed(self, source: FileJobSource) -> None:
+        self.files.pop(source.uid, None)
+        self._forget(source.uid)
+
+    def _forget(self, uid: str) -> None:
+        self.reply_to.pop(uid, None)
+        self.arrived.pop(uid, None)
+
+    def _send(self, reply_to: int, uid: str, answer: Answer) -> None:
+        self.channel.send(reply_to, uid, answer)
+        self.unflushed = True
+
+    def _flush(self) -> None:
+        if self.unflushed:
+            self.unflushed = False
             self.channel.flush()
-        self.ledger.clear()
 
 
-def _size(envelope: Envelope) -> int:
-    job = envelope.job
-    return len(job.inputs) if isinstance(job, PredictJob) else 0
+def _logged(cost: CostFunction, model: str) -> CostFunction:
+    """``cost``, logging why it failed (the scheduler answers that request 500 and goes on)."""
+
+    def costs(inputs: Sequence[Any]) -> list[int]:
+        try:
+            return cost(inputs)
+        except Exception:
+            logger.exception("model %s: costs() failed", model)
+            raise
+
+    return costs

@@ -40,6 +40,7 @@ CONTRACT = {
     "inference_queue_duration_seconds": "histogram",
     "inference_compute_duration_seconds": "histogram",
     "inference_batch_size": "histogram",
+    "inference_batch_padded_tokens": "histogram",
     "inference_in_flight_requests": "gauge",
     "inference_worker_resident_memory_bytes": "gauge",
     "inference_worker_peak_resident_memory_bytes": "gauge",

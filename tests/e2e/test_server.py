@@ -62,6 +62,24 @@ def test_concurrent_requests_are_batched_and_answered_in_order(server: ServerPro
     assert inputs / batches > 1.5
 
 
+def test_mixed_lengths_sent_concurrently_equal_one_at_a_time_runs(server: ServerProcess) -> None:
+    # what a retrieval pipeline sends: mostly short queries, some ~256-token document chunks
+    short = [f"query {i} about {'cats' if i % 2 else 'the price of tea'}" for i in range(27)]
+    long = [" ".join(f"paragraph{i} word{j}" for j in range(120)) for i in range(5)]
+    texts = short[:9] + long[:2] + short[9:18] + long[2:] + short[18:]
+    alone = {text: embed(server, [text])[0] for text in texts}
+    with ThreadPoolExecutor(max_workers=len(texts)) as pool:
+        singles = list(pool.map(lambda text: embed(server, [text]), texts))
+        pairs = list(pool.map(lambda i: embed(server, [texts[i], texts[-1 - i]]), range(len(texts))))
+    for i, text in enumerate(texts):
+        for got, want in (
+            (singles[i][0], alone[text]),
+            (pairs[i][0], alone[text]),
+            (pairs[i][1], alone[texts[-1 - i]]),
+        ):
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-5
+
+
 def test_a_request_larger_than_the_batch_keeps_its_order(server: ServerProcess) -> None:
     vectors = [[float(i)] + [0.0] * 15 for i in range(200)]  # reference max_batch_size is 64
     response = server.post("/v1/models/reference/predict", {"inputs": vectors})
@@ -157,6 +175,8 @@ def test_model_listing_and_details(server: ServerProcess) -> None:
     assert detail["task"] == "sentence-embedding"
     assert detail["inputs"] == {"kind": "text", "min_items": 1, "max_items": 256, "max_length": 10000}
     assert detail["grad_mode"] == "no_grad" and detail["device"] == "cpu" and detail["max_batch_size"] == 32
+    assert detail["max_batch_tokens"] == 4096
+    assert server.client.get("/v1/models/reference").json()["max_batch_tokens"] is None
 
 
 def test_health_and_metrics_routes(server: ServerProcess) -> None:

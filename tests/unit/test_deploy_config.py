@@ -35,6 +35,7 @@ _HISTOGRAMS = (
     "queue_duration_seconds",
     "compute_duration_seconds",
     "batch_size",
+    "batch_padded_tokens",
 )
 _GAUGES = (
     "in_flight_requests",

@@ -169,7 +169,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 
     result = run_predict_file(session, entry.spec, source, output, "jsonl", 8, resume=True, progress=False)
     assert output.read_bytes() == reference.read_bytes()
-    assert result.resumed_after == 32 and result.records == 100 - 32
+    # four forwards of 8 valid records reach line 36 (lines 4, 14, 24 and 34 are error records)
+    assert result.resumed_after == 36 and result.records == 100 - 36
     assert not partial.exists()
 
 
@@ -363,3 +364,48 @@ def test_progress_bar_in_bytes_on_a_tty(
     shown = terminal.getvalue()
     assert "predict-file: 100%" in shown and "40 records" in shown and "rec/s" in shown
     assert re.search(r"\| [\d.]+k/[\d.]+k \[.*B/s", shown), shown  # a scaled byte count and rate
+
+
+def test_error_records_held_behind_outputs_pause_the_reader_and_stay_in_place(
+    tmp_path: Path, session: InferenceSession, entry: ModelEntry
+) -> None:
+    from service.files.job import input_validator
+    from service.files.readers import open_records
+    from service.files.results import RecordSource
+    from service.worker.batcher import Limits, run_source
+
+    # runs of bad lines longer than the number of error records a source may hold
+    lines = [
+        b'{"id": "bad", "input": [1.0]}' if 10 <= i % 40 < 35 else orjson.dumps({"id": i, "input": vector(i)})
+        for i in range(300)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    output = tmp_path / "out.jsonl"
+    held: list[int] = []
+
+    class Watched(RecordSource):
+        uid = "watched"
+
+        def take(self, limit: int) -> list[Any]:
+            values = super().take(limit)
+            held.append(self.errors_held)
+            return values
+
+        def finish(self) -> None:
+            pass
+
+        def fail(self, error: BaseException) -> None:
+            pass
+
+    validate = input_validator(entry.spec.inputs)
+    with open_records(source, "jsonl", batch_size=8, validate=validate) as batches, open(output, "wb") as out:
+        records = Watched(batches, out, max_held_errors=4)
+        run_source(records, session.run, Limits(8))
+    rows = read_results(output)
+    assert [row["line"] for row in rows] == list(range(1, 301))
+    assert records.errors == sum(1 for line in lines if b'"bad"' in line) == records.records - 115
+    assert max(held) <= 4  # the reader paused instead of holding every bad line in memory
+    expected = session.run([orjson.loads(line)["input"] for line in lines if b'"bad"' not in line])
+    outputs = [row["output"] for row in rows if "output" in row]
+    assert outputs == [pytest.approx(row, rel=1e-5) for row in expected]
