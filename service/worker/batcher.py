@@ -22,18 +22,16 @@ file jobs, which take turns (round-robin); a file alone gets full forwards. A re
 may be split across forwards; its ``on_done(outputs, costs)`` gets them in its own order. A
 source's ``emit`` gets its outputs in the order ``take`` gave its inputs.
 
-How the worker loop drives it (one thread; ``get(t)`` reads the LitServe queue, None on timeout)::
+How the worker loop drives it (one thread; ``receive(t)`` returns every job waiting on the
+worker's pipes after waiting up to ``t`` seconds for the first; see service.worker.loop)::
 
     scheduler = Scheduler(Limits(max_batch_size, max_batch_tokens), cost=cost_function(model),
                           batch_timeout=batch_timeout)
     while True:
-        item = get(IDLE_POLL if scheduler.idle else 0)    # block only when nothing is left to do
-        while item is not None:                           # take everything already queued
-            add(item)                                     # add_predict(...) or add_file(source)
-            item = get(0)
+        add(receive(IDLE_POLL if scheduler.idle else 0))  # block only when nothing is left to do
         closes = monotonic() + scheduler.gather_timeout()  # 0 for a lone client or a running file
-        while scheduler.gather_timeout() and (item := get(closes - monotonic())) is not None:
-            add(item)
+        while scheduler.gather_timeout() and (jobs := receive(closes - monotonic())):
+            add(jobs)                                     # add_predict(...) or add_file(source)
         forward = scheduler.next_forward(cancelled=cancel_markers.current())
         if forward is None:
             continue
@@ -44,9 +42,10 @@ How the worker loop drives it (one thread; ``get(t)`` reads the LitServe queue, 
             scheduler.fail(forward, exc)                  # only the owners in this forward get exc
         else:
             scheduler.complete(forward, outputs)
+        flush()                                           # one answer message per API server
         ledger.clear() when scheduler.idle
 
-``add_predict(uid, inputs, deadline=payload["deadline"], on_done=send 200, on_error=send
+``add_predict(uid, inputs, deadline=job.deadline, on_done=send 200, on_error=send
 status_of(exc))`` where :class:`Dropped` carries the status (504 deadline, 499 cancelled) and
 any other exception is a model error (500). A file job becomes a source: an object with
 ``uid``, ``take(limit)`` (the next valid inputs read from the spooled file; ``[]`` at its end, or
