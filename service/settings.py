@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     grad_mode: Literal["no_grad", "inference_mode"] = "no_grad"
     # 0 = share the machine's cores between all inference workers
     torch_threads: int = Field(0, ge=0, le=256)
+    # torch's inter-op pool per worker (torch.set_num_interop_threads); 0 = torch's default
+    torch_interop_threads: int = Field(0, ge=0, le=256)
     num_api_servers: int = Field(1, ge=1, le=32)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # JSON request bodies
     # seconds a client may pause while sending a body (408 beyond): a slow sender cannot hold a slot

@@ -36,6 +36,7 @@ class WorkerConfig:
     torch_threads: int
     max_batch_size: int
     batch_timeout: float
+    torch_interop_threads: int = 0  # 0: torch's default
     max_batch_tokens: int | None = None  # padded-token budget per forward (worker.batcher.Limits)
     max_line_bytes: int = 1 << 20
     metrics: bool = True
@@ -69,6 +70,8 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
         started = time.perf_counter()
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
+        if self.config.torch_interop_threads:  # must come before any inter-op work in this process
+            torch.set_num_interop_threads(self.config.torch_interop_threads)
         entry = ModelRepository(self.config.repository).get(self.config.model)
         self.spec = entry.spec
         model = entry.load(device)
