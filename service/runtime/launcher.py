@@ -50,6 +50,16 @@ def torch_threads(settings: Settings, total_workers: int) -> int:
     return settings.torch_threads or max(1, cpu_count() // max(1, total_workers))
 
 
+def threads_under_load(settings: Settings, total_workers: int, threads: int) -> int:
+    """Threads per worker while its backlog shows overload (service.worker.threads): the cores
+    left after the API servers, who then need one to refuse the excess. 0 (never change) when
+    ``torch_threads`` is set explicitly or there is no core to leave."""
+    if settings.torch_threads:
+        return 0
+    spare = max(1, (cpu_count() - settings.num_api_servers) // max(1, total_workers))
+    return spare if spare < threads else 0
+
+
 def build_server(settings: Settings, repository: ModelRepository) -> tuple[LitServer, ServiceState]:
     """The LitServer for the served models (workers not started yet) and the API servers' state,
     every route registered on its app."""
@@ -82,6 +92,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             grad_mode=settings.grad_mode,
             torch_threads=threads,
             torch_interop_threads=settings.torch_interop_threads,
+            torch_threads_under_load=threads_under_load(settings, total_workers, threads),
             max_batch_size=batch,
             batch_timeout=timeout,
             max_batch_tokens=tokens,

@@ -37,6 +37,8 @@ class WorkerConfig:
     max_batch_size: int
     batch_timeout: float
     torch_interop_threads: int = 0  # 0: torch's default
+    # fewer threads while the backlog shows overload (service.worker.threads); 0: never change
+    torch_threads_under_load: int = 0
     max_batch_tokens: int | None = None  # padded-token budget per forward (worker.batcher.Limits)
     max_line_bytes: int = 1 << 20
     metrics: bool = True

@@ -28,6 +28,7 @@ from service.core.spool import BatchLedger, CancelMarkers, batch_ledger_path
 from service.runtime.litserve import WorkerChannel, WorkerLoop
 from service.worker.batcher import CostFunction, Dropped, Limits, Scheduler, cost_function, unit_costs
 from service.worker.filejobs import FileJobSource, FormatError
+from service.worker.threads import ThreadGovernor
 
 if TYPE_CHECKING:
     from service.worker.api import ModelAPI
@@ -69,6 +70,14 @@ class BatchingLoop(WorkerLoop):
         self.arrived: dict[str, float] = {}  # uid -> arrival, until its first forward starts
         self.files: dict[str, FileJobSource] = {}
         self.unflushed = False
+        self.threads = ThreadGovernor(
+            _torch_threads(),
+            config.torch_threads_under_load,
+            high=4 * config.max_batch_size,
+            low=config.max_batch_size,
+            set_threads=_set_torch_threads,
+            model=config.model,
+        )
         try:
             while True:
                 self._serve_once()
@@ -101,6 +110,7 @@ class BatchingLoop(WorkerLoop):
                 self.queue_seconds.observe(max(0.0, started - arrived))
         # everything the scheduler holds: what a crash of this worker would leave unanswered
         self.ledger.record([(self.reply_to[uid], uid) for uid in scheduler.uids() if uid in self.reply_to])
+        self.threads.update(scheduler.waiting_inputs())  # fewer threads while overloaded
         try:
             outputs = self.session.run(forward.inputs)
         except Exception as exc:
@@ -205,3 +215,15 @@ def _logged(cost: CostFunction, model: str) -> CostFunction:
             raise
 
     return costs
+
+
+def _torch_threads() -> int:
+    import torch  # already loaded in the worker by its model
+
+    return int(torch.get_num_threads())
+
+
+def _set_torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)

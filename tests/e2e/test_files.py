@@ -197,8 +197,10 @@ def test_many_uploads_leave_open_files_unchanged(files_server: ServerProcess) ->
         body, content_type = cases[i % len(cases)]
         upload(files_server, "reference", body, content_type)
     wait_spool_empty(files_server)
-    time.sleep(0.5)
-    after = {p.pid: p.num_fds() for p in processes}
+    # the last stream's file closes just after its response ends: wait for the count, then compare
+    deadline = time.monotonic() + 10
+    while (after := {p.pid: p.num_fds() for p in processes}) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert after == before
 
 

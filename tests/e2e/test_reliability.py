@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,6 +64,24 @@ def wait_in_flight(server: ServerProcess, count: int, timeout: float = 10.0) -> 
         time.sleep(0.02)
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def computing(server: ServerProcess, spool: Path) -> bool:
+    """The reference worker holds requests (its ledger lists them): it took them off its pipe."""
+    ledger = spool / "workers" / "reference-0.batch"
+    return ledger.exists() and ledger.stat().st_size > 0
+
+
+def wait_in_flight_at_most(server: ServerProcess, count: int, timeout: float = 15.0) -> None:
+    name = 'inference_in_flight_requests{model="reference"}'
+    wait_until(lambda: scrape_value(server, name) <= count, f"at most {count} requests in flight", timeout)
+
+
 def wait_rejected(server: ServerProcess, count: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     name = 'inference_rejected_requests_total{model="reference",reason="queue_full"}'
@@ -111,11 +130,12 @@ def test_deadline_covers_queue_and_compute(tmp_path: Path) -> None:
         # a queued request whose deadline passed is dropped before it reaches the model
         with ThreadPoolExecutor(max_workers=3) as pool:
             first = pool.submit(post, server.url)
-            time.sleep(0.1)
+            wait_until(lambda: computing(server, tmp_path / "spool"), "the first request to be computed")
             doomed = pool.submit(post, server.url, VECTOR, 30.0, **{"X-Request-Timeout": "0.3"})
             assert doomed.result().status_code == 504
             assert first.result().status_code == 200
-        time.sleep(1.2)
+        # the doomed request keeps its queue slot until the worker drops it
+        wait_in_flight_at_most(server, 0)
         assert post(server.url).status_code == 200
         batches = scrape_value(server, 'inference_batch_size_count{model="reference"}')
         assert batches == 3  # the first 504, the first request and the last one: never the dropped one
@@ -133,8 +153,7 @@ def test_signal_drains_in_flight_requests_then_exits_0(tmp_path: Path, signum: i
             in_flight = [pool.submit(post, server.url) for _ in range(3)]
             wait_in_flight(server, 3)
             server.signal(signum)
-            time.sleep(0.2)
-            assert server.client.get("/health/ready").status_code == 503
+            wait_until(lambda: server.client.get("/health/ready").status_code == 503, "readiness to turn 503")
             refused = post(server.url)
             assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
             results = [f.result() for f in in_flight]
@@ -170,10 +189,11 @@ def test_shutdown_delay_serves_while_not_ready_and_a_second_signal_stops_at_once
 def test_killed_worker_fails_its_batch_fast_and_is_replaced(tmp_path: Path) -> None:
     with slow_server(tmp_path, delay=2.0, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            computing = pool.submit(post, server.url)
-            time.sleep(0.5)
+            spool = tmp_path / "spool"
+            in_forward = pool.submit(post, server.url)
+            wait_until(lambda: computing(server, spool), "the first request to be computed")
             queued = pool.submit(post, server.url)
-            time.sleep(0.3)
+            wait_in_flight(server, 2)  # admitted; it waits in the worker's pipe behind the forward
             workers = [
                 p
                 for p in psutil.Process(server.pids()[0]).children(recursive=True)
@@ -182,7 +202,7 @@ def test_killed_worker_fails_its_batch_fast_and_is_replaced(tmp_path: Path) -> N
             assert len(workers) == 1
             killed_at = time.monotonic()
             workers[0].kill()
-            failed = computing.result()
+            failed = in_forward.result()
             assert failed.status_code == 503 and "died" in failed.json()["error"]
             # within the monitor's next checks, not after LitServe's ~30 s hang
             assert time.monotonic() - killed_at < 10
@@ -198,16 +218,17 @@ def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None
     with slow_server(tmp_path, delay=0.8, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
         with ThreadPoolExecutor(max_workers=1) as pool:
             busy = pool.submit(post, server.url)
-            time.sleep(0.2)
+            wait_until(lambda: computing(server, tmp_path / "spool"), "the first request to be computed")
             body = b'{"inputs": [[' + b",".join([b"0.5"] * 16) + b"]]}"
             with socket.create_connection(("127.0.0.1", server.port)) as sock:
                 sock.sendall(
                     b"POST /v1/models/reference/predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
                     b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
                 )
-                time.sleep(0.2)
+                wait_in_flight(server, 2)  # admitted before the client goes away
             assert busy.result().status_code == 200
-        time.sleep(1.0)
+        # the API server answers 499 at the disconnect; the worker then drops the request unseen
+        wait_in_flight_at_most(server, 0)
         assert scrape_value(server, 'inference_batch_size_count{model="reference"}') == 1
         assert (
             scrape_value(

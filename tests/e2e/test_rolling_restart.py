@@ -1,6 +1,7 @@
 """Two real replicas behind a real haproxy (config/haproxy/haproxy.cfg with the test's ports), under
-constant load: a rolling restart loses no request, and a replica killed with SIGKILL costs only the
-requests it was computing before haproxy routes around it.
+constant load: a rolling restart loses no request with every haproxy retry turned off (the drain
+alone must do it), and a replica killed with SIGKILL costs only the requests it was computing before
+haproxy routes around it (with the committed config, which retries only connections that failed).
 
 haproxy comes from Debian (scripts/install-tools.sh). Every wait is on a condition: haproxy's own
 view of its servers (its CSV stats page), a process exit, a number of answered requests.
@@ -40,18 +41,26 @@ SHUTDOWN_GRACE = 10
 SERVERS = ("api1", "api2")
 
 
-def haproxy_config(lb_port: int, stats_port: int, ports: list[int]) -> str:
-    """config/haproxy/haproxy.cfg with loopback binds and these two servers instead of DNS discovery."""
+def haproxy_config(lb_port: int, stats_port: int, ports: list[int], retries: bool = True) -> str:
+    """config/haproxy/haproxy.cfg with loopback binds and these two servers instead of DNS discovery;
+    without ``retries``, haproxy never retries or redispatches a request, not even a failed connection."""
     text = HAPROXY_CONFIG.read_text(encoding="utf-8")
     servers = "".join(
         f"    server {name} 127.0.0.1:{port}\n" for name, port in zip(SERVERS, ports, strict=True)
     )
-    for pattern, replacement in (
+    edits = [
         (r"^    bind :8000\n", f"    bind 127.0.0.1:{lb_port}\n"),
         (r"^    bind :8404\n", f"    bind 127.0.0.1:{stats_port}\n"),
         (r"^    server-template .*\n", servers),
         (r"^resolvers docker\n(?:    .*\n)+", ""),
-    ):
+    ]
+    if not retries:
+        edits += [
+            (r"^    retries \d+\n", "    retries 0\n"),
+            (r"^    retry-on conn-failure\n", ""),
+            (r"^    option redispatch 1\n", ""),
+        ]
+    for pattern, replacement in edits:
         text, count = re.subn(pattern, lambda _, r=replacement: r, text, flags=re.MULTILINE)
         assert count == 1, f"{HAPROXY_CONFIG} no longer has one line matching {pattern!r}"
     return text
@@ -85,14 +94,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 @contextlib.contextmanager
-def balancer(folder: Path, ports: list[int]) -> Iterator[Balancer]:
+def balancer(folder: Path, ports: list[int], retries: bool = True) -> Iterator[Balancer]:
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         pytest.fail("haproxy is not installed: run scripts/install-tools.sh (as root) first", pytrace=False)
     lb_port, stats_port = free_port(), free_port()
-    config = folder / "haproxy.cfg"
-    config.write_text(haproxy_config(lb_port, stats_port, ports), encoding="utf-8")
-    with open(folder / "haproxy.log", "wb") as log:
+    config = folder / f"haproxy-{lb_port}.cfg"
+    config.write_text(haproxy_config(lb_port, stats_port, ports, retries), encoding="utf-8")
+    with open(folder / "haproxy.log", "ab") as log:
         process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
         try:
             lb = Balancer(f"http://127.0.0.1:{lb_port}", f"http://127.0.0.1:{stats_port}/;csv", process)
@@ -189,32 +198,37 @@ def test_rolling_restart_loses_nothing_and_a_killed_replica_costs_only_its_reque
         replicas = [owned.enter_context(replica(folder, port)) for port in ports]
         for server in replicas:
             server.wait_until_ready()
+        # --- rolling restart behind haproxy retrying nothing: one replica at a time, the next only
+        # once haproxy sees it back up
+        with balancer(folder, ports, retries=False) as strict, Load(strict.url) as rolling:
+            for name in SERVERS:
+                strict.wait_for(name, "UP", timeout=60)
+            rolling.wait_for_more(50)
+            for index, name in enumerate(SERVERS):
+                old = replicas[index]
+                old.signal(signal.SIGTERM)
+                # readiness turned 503 at once: haproxy drops it while it still serves
+                strict.wait_for(name, "DOWN", timeout=SHUTDOWN_DELAY)
+                assert old.process is not None
+                assert old.process.wait(timeout=SHUTDOWN_DELAY + SHUTDOWN_GRACE + 60) == 0, old.output()
+                old.stop()
+                new = owned.enter_context(replica(folder, ports[index]))
+                new.wait_until_ready()
+                strict.wait_for(name, "UP", timeout=60)
+                replicas[index] = new
+                rolling.wait_for_more(50)
+        rolled = rolling.snapshot()
+        assert failed(rolled) == [], (
+            f"{len(failed(rolled))} of {len(rolled)} requests failed: {failed(rolled)[:5]}"
+        )
+
+        # --- SIGKILL of one replica's whole process group, under load, behind the committed config
         lb = owned.enter_context(balancer(folder, ports))
         for name in SERVERS:
             lb.wait_for(name, "UP", timeout=60)
         load = owned.enter_context(Load(lb.url))
         load.wait_for_more(50)
-
-        # --- rolling restart: one replica at a time, the next only once haproxy sees it back up
-        for index, name in enumerate(SERVERS):
-            old = replicas[index]
-            old.signal(signal.SIGTERM)
-            # readiness turned 503 at once: haproxy drops it while it still serves
-            lb.wait_for(name, "DOWN", timeout=SHUTDOWN_DELAY)
-            assert old.process is not None
-            assert old.process.wait(timeout=SHUTDOWN_DELAY + SHUTDOWN_GRACE + 60) == 0, old.output()
-            old.stop()
-            new = owned.enter_context(replica(folder, ports[index]))
-            new.wait_until_ready()
-            lb.wait_for(name, "UP", timeout=60)
-            replicas[index] = new
-            load.wait_for_more(50)
-        rolled = load.snapshot()
-        assert failed(rolled) == [], (
-            f"{len(failed(rolled))} of {len(rolled)} requests failed: {failed(rolled)[:5]}"
-        )
-
-        # --- SIGKILL of one replica's whole process group, under load
+        before_kill = len(load.snapshot())
         killed = replicas[0]
         os.killpg(killed.pid, signal.SIGKILL)
         # SIGKILL is not instant: until the kernel has torn the processes down, their listening
@@ -227,7 +241,8 @@ def test_rolling_restart_loses_nothing_and_a_killed_replica_costs_only_its_reque
         load.wait_for_more(100)
         load.stop.set()
         outcomes = load.snapshot()
-        after = outcomes[len(rolled) :]
+        assert failed(outcomes[:before_kill]) == [], failed(outcomes[:before_kill])[:5]
+        after = outcomes[before_kill:]
         lost = failed(after)
         # only what was in flight on the killed replica: started before it was gone, at most one per client
         log = (folder / "haproxy.log").read_text(errors="replace")[-6000:]
