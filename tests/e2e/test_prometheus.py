@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import ROOT, ServerProcess, free_port
+from tests.support import ROOT, ServerProcess, free_port, stop_process
 
 PROMETHEUS_DIR = ROOT / "config" / "prometheus"
 DASHBOARD = ROOT / "config" / "grafana" / "dashboards" / "inference.json"
@@ -113,15 +113,6 @@ def _start_prometheus(binary: str, config: Path, port: int, log: IO[bytes]) -> s
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     binary = _prometheus_binary()
@@ -133,7 +124,7 @@ def stack() -> Iterator[Stack]:
         log = owned.enter_context(open(folder / "prometheus.log", "wb"))
         port = free_port()
         prometheus = _start_prometheus(binary, config, port, log)  # starts while the model loads
-        owned.callback(_stop, prometheus)
+        owned.callback(stop_process, prometheus)
         client = owned.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10))
         owned.enter_context(server)
         deadline = time.monotonic() + 30

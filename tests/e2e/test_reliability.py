@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import psutil
 import pytest
 
 from service.core.repository import DEFAULT_REPOSITORY
-from tests.support import ROOT, ServerProcess
+from tests.support import ROOT, ServerProcess, wait_until
 
 VECTOR = {"inputs": [[0.25] * 16]}
 
@@ -58,20 +57,11 @@ def scrape_value(server: ServerProcess, prefix: str) -> float:
 
 
 def wait_in_flight(server: ServerProcess, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while scrape_value(server, 'inference_in_flight_requests{model="reference"}') < count:
-        assert time.monotonic() < deadline, f"never saw {count} requests in flight"
-        time.sleep(0.02)
+    name = 'inference_in_flight_requests{model="reference"}'
+    wait_until(lambda: scrape_value(server, name) >= count, f"{count} requests in flight", timeout)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-
-
-def computing(server: ServerProcess, spool: Path) -> bool:
+def computing(spool: Path) -> bool:
     """The reference worker holds requests (its ledger lists them): it took them off its pipe."""
     ledger = spool / "workers" / "reference-0.batch"
     return ledger.exists() and ledger.stat().st_size > 0
@@ -83,11 +73,8 @@ def wait_in_flight_at_most(server: ServerProcess, count: int, timeout: float = 1
 
 
 def wait_rejected(server: ServerProcess, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
     name = 'inference_rejected_requests_total{model="reference",reason="queue_full"}'
-    while scrape_value(server, name) < count:
-        assert time.monotonic() < deadline, f"never saw {count} requests rejected"
-        time.sleep(0.02)
+    wait_until(lambda: scrape_value(server, name) >= count, f"{count} requests rejected", timeout)
 
 
 def test_full_queue_answers_503_at_once_with_retry_after(tmp_path: Path) -> None:
@@ -130,7 +117,7 @@ def test_deadline_covers_queue_and_compute(tmp_path: Path) -> None:
         # a queued request whose deadline passed is dropped before it reaches the model
         with ThreadPoolExecutor(max_workers=3) as pool:
             first = pool.submit(post, server.url)
-            wait_until(lambda: computing(server, tmp_path / "spool"), "the first request to be computed")
+            wait_until(lambda: computing(tmp_path / "spool"), "the first request to be computed")
             doomed = pool.submit(post, server.url, VECTOR, 30.0, **{"X-Request-Timeout": "0.3"})
             assert doomed.result().status_code == 504
             assert first.result().status_code == 200
@@ -191,7 +178,7 @@ def test_killed_worker_fails_its_batch_fast_and_is_replaced(tmp_path: Path) -> N
         with ThreadPoolExecutor(max_workers=2) as pool:
             spool = tmp_path / "spool"
             in_forward = pool.submit(post, server.url)
-            wait_until(lambda: computing(server, spool), "the first request to be computed")
+            wait_until(lambda: computing(spool), "the first request to be computed")
             queued = pool.submit(post, server.url)
             wait_in_flight(server, 2)  # admitted; it waits in the worker's pipe behind the forward
             workers = [
@@ -218,7 +205,7 @@ def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None
     with slow_server(tmp_path, delay=0.8, SERVICE_MODELS__REFERENCE__MAX_BATCH_SIZE="1") as server:
         with ThreadPoolExecutor(max_workers=1) as pool:
             busy = pool.submit(post, server.url)
-            wait_until(lambda: computing(server, tmp_path / "spool"), "the first request to be computed")
+            wait_until(lambda: computing(tmp_path / "spool"), "the first request to be computed")
             body = b'{"inputs": [[' + b",".join([b"0.5"] * 16) + b"]]}"
             with socket.create_connection(("127.0.0.1", server.port)) as sock:
                 sock.sendall(

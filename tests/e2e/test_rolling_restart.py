@@ -20,14 +20,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, ServerProcess, free_port
+from tests.support import ROOT, ServerProcess, free_port, stop_process, wait_until
 
 HAPROXY_CONFIG = ROOT / "config" / "haproxy" / "haproxy.cfg"
 VECTOR = {"inputs": [[0.25] * 16]}
@@ -83,14 +83,7 @@ class Balancer:
         }
 
     def wait_for(self, server: str, status: str, timeout: float) -> None:
-        wait_until(lambda: self.states().get(server) == status, timeout, f"haproxy to see {server} {status}")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
+        wait_until(lambda: self.states().get(server) == status, f"haproxy to see {server} {status}", timeout)
 
 
 @contextlib.contextmanager
@@ -112,15 +105,10 @@ def balancer(folder: Path, ports: list[int], retries: bool = True) -> Iterator[B
                     return httpx.get(lb.stats_url, timeout=2).status_code == 200
                 return False
 
-            wait_until(answers, 30, "haproxy's stats page")
+            wait_until(answers, "haproxy's stats page", 30)
             yield lb
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            stop_process(process)
 
 
 @dataclass(frozen=True)
@@ -169,7 +157,7 @@ class Load:
 
     def wait_for_more(self, count: int, timeout: float = 120) -> None:
         target = len(self.snapshot()) + count
-        wait_until(lambda: len(self.snapshot()) >= target, timeout, f"{count} more answers")
+        wait_until(lambda: len(self.snapshot()) >= target, f"{count} more answers", timeout)
 
 
 def replica(folder: Path, port: int) -> ServerProcess:
@@ -235,7 +223,7 @@ def test_rolling_restart_loses_nothing_and_a_killed_replica_costs_only_its_reque
         # socket still completes connections, which then reset. Those requests reached the replica.
         assert killed.process is not None
         killed.process.wait(timeout=30)
-        wait_until(lambda: not killed.group_alive(), 30, "the killed replica's processes to be gone")
+        wait_until(lambda: not killed.group_alive(), "the killed replica's processes to be gone", 30)
         killed_at = time.monotonic()
         lb.wait_for(SERVERS[0], "DOWN", timeout=30)
         load.wait_for_more(100)
