@@ -25,7 +25,6 @@ table next to it; both carry the date, the machine and the environment variables
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -39,21 +38,11 @@ from typing import Any
 
 import psutil
 
-from benchmarks.processes import role, service_command, tree
+from benchmarks.processes import cpu_seconds, role, service_command, tree
 from benchmarks.run import loadgen_command, run_json
 from tests.support import ROOT, ServerUnderTest
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "cpu_per_request.json"
-
-
-def cpu_seconds(pid: int) -> dict[int, float]:
-    """user + system CPU seconds of every live process under ``pid``."""
-    found = {}
-    for process in tree(pid):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            found[process.pid] = times.user + times.system
-    return found
 
 
 def roles(pid: int, port: int) -> dict[int, str]:

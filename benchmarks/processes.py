@@ -114,20 +114,21 @@ class TreeSampler:
         ]
 
 
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """user + system CPU seconds of every live process under ``pid``, by pid."""
+    found = {}
+    for process in tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cpu = process.cpu_times()
+            found[process.pid] = cpu.user + cpu.system
+    return found
+
+
 def idle_cpu_percent(pid: int, seconds: float) -> float:
     """CPU used by the tree under ``pid`` over ``seconds`` of no traffic, in % of one core."""
-
-    def times() -> dict[int, float]:
-        found = {}
-        for process in tree(pid):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                cpu = process.cpu_times()
-                found[process.pid] = cpu.user + cpu.system
-        return found
-
-    before, started = times(), time.monotonic()
+    before, started = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
-    after, elapsed = times(), time.monotonic() - started
+    after, elapsed = cpu_seconds(pid), time.monotonic() - started
     used = sum(total - before.get(p, 0.0) for p, total in after.items())
     return 100.0 * used / elapsed
 
