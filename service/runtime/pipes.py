@@ -84,25 +84,16 @@ class PipeWorkerChannel:
         self._jobs = list(pipes.jobs)
         self._answers = pipes.answers
         self._outbox: dict[int, list[tuple[str, Answer]]] = {}
-        self._waiting: deque[Envelope] = deque()
 
     def receive(self, timeout: float) -> list[Envelope]:
         """Every job already waiting, after waiting up to ``timeout`` seconds for the first (0:
         no wait); empty if none came."""
-        envelopes = list(self._waiting)
-        self._waiting.clear()
-        ready = _ready(self._jobs, 0 if envelopes else max(0.0, timeout))
-        for conn in ready:
+        envelopes: list[Envelope] = []
+        for conn in _ready(self._jobs, max(0.0, timeout)):
             while conn.poll():
                 batch: list[Envelope] = conn.recv()
                 envelopes.extend(batch)
         return envelopes
-
-    def get(self, timeout: float) -> Envelope | None:
-        """The next job, waiting up to ``timeout`` seconds; None if none came."""
-        if not self._waiting:
-            self._waiting.extend(self.receive(timeout))
-        return self._waiting.popleft() if self._waiting else None
 
     def send(self, reply_to: int, uid: str, answer: Answer) -> None:
         """Queue an answer; :meth:`flush` delivers it."""

@@ -62,17 +62,6 @@ def test_worker_takes_everything_waiting_in_one_receive_and_answers_once_per_ser
         assert not conn.poll()  # one message per API server
 
 
-def test_get_hands_out_jobs_one_at_a_time_from_a_batch() -> None:
-    pipes = PipeSet({"m": 1}, api_servers=1)
-    pipes.servers[0]["m"][0].jobs.send([Envelope(0, "a", job(1)), Envelope(0, "b", job(2))])
-    worker = PipeWorkerChannel(pipes.workers["m"][0])
-    assert [worker.get(1.0), worker.get(0), worker.get(0)] == [
-        Envelope(0, "a", job(1)),
-        Envelope(0, "b", job(2)),
-        None,
-    ]
-
-
 def test_requests_round_trip_through_a_spawned_worker() -> None:
     pipes = PipeSet({"m": 1}, api_servers=1)
     process = mp.get_context("spawn").Process(target=echo_worker, args=(pipes.workers["m"][0], 21))
