@@ -50,6 +50,15 @@ def torch_threads(settings: Settings, total_workers: int) -> int:
     return settings.torch_threads or max(1, cpu_count() // max(1, total_workers))
 
 
+def threads_alone(settings: Settings, total_workers: int, model_workers: int, threads: int) -> int:
+    """Threads per worker while no other worker of its model computes (service.worker.threads):
+    the cores its model's idle workers would use. Equal to ``threads`` (never change) when
+    ``torch_threads`` is set explicitly or the model has one worker."""
+    if settings.torch_threads or model_workers < 2:
+        return threads
+    return max(threads, cpu_count() // max(1, total_workers - model_workers + 1))
+
+
 def threads_under_load(settings: Settings, total_workers: int, threads: int) -> int:
     """Threads per worker while its backlog shows overload (service.worker.threads): the cores
     left after the API servers, who then need one to refuse the excess. 0 (never change) when
@@ -93,6 +102,8 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             torch_threads=threads,
             torch_interop_threads=settings.torch_interop_threads,
             torch_threads_under_load=threads_under_load(settings, total_workers, threads),
+            torch_threads_alone=threads_alone(settings, total_workers, count, threads),
+            computing_flags=mp.RawArray("d", count) if count > 1 else None,
             max_batch_size=batch,
             batch_timeout=timeout,
             max_batch_tokens=tokens,

@@ -20,13 +20,13 @@ import asyncio
 import logging
 import os
 import threading
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from service.core.ids import new_id
 from service.core.messages import Answer, Envelope, Job, Mailbox
 
 logger = logging.getLogger("service.runtime")
@@ -165,7 +165,7 @@ class PipeRequestChannel:
     def open(self) -> PipeMailbox:
         if self._pid != os.getpid():
             self._start()
-        mailbox = PipeMailbox(uuid.uuid4().hex, self)
+        mailbox = PipeMailbox(new_id(), self)
         self._mailboxes[mailbox.uid] = mailbox
         return mailbox
 

@@ -39,6 +39,12 @@ class WorkerConfig:
     torch_interop_threads: int = 0  # 0: torch's default
     # fewer threads while the backlog shows overload (service.worker.threads); 0: never change
     torch_threads_under_load: int = 0
+    # threads while no other worker of the model computes (service.worker.threads); 0: torch_threads
+    torch_threads_alone: int = 0
+    # when each worker of the model last computed (service.worker.threads.ComputingFlags): a
+    # multiprocessing.RawArray("d", workers) made by the launcher, travelling to the spawned
+    # workers with this config; None: no peers
+    computing_flags: Any = None
     max_batch_tokens: int | None = None  # padded-token budget per forward (worker.batcher.Limits)
     max_line_bytes: int = 1 << 20
     metrics: bool = True

@@ -28,7 +28,7 @@ from service.core.spool import BatchLedger, CancelMarkers, batch_ledger_path
 from service.runtime.litserve import WorkerChannel, WorkerLoop
 from service.worker.batcher import CostFunction, Dropped, Limits, Scheduler, cost_function, unit_costs
 from service.worker.filejobs import FileJobSource, FormatError
-from service.worker.threads import ThreadGovernor
+from service.worker.threads import ComputingFlags, ThreadGovernor
 
 if TYPE_CHECKING:
     from service.worker.api import ModelAPI
@@ -76,8 +76,11 @@ class BatchingLoop(WorkerLoop):
             high=4 * config.max_batch_size,
             low=config.max_batch_size,
             set_threads=_set_torch_threads,
+            alone=config.torch_threads_alone,
             model=config.model,
         )
+        flags = config.computing_flags
+        self.computing = ComputingFlags(flags, worker_id) if flags is not None else ComputingFlags([0.0], 0)
         try:
             while True:
                 self._serve_once()
@@ -110,9 +113,11 @@ class BatchingLoop(WorkerLoop):
                 self.queue_seconds.observe(max(0.0, started - arrived))
         # everything the scheduler holds: what a crash of this worker would leave unanswered
         self.ledger.record([(self.reply_to[uid], uid) for uid in scheduler.uids() if uid in self.reply_to])
-        self.threads.update(scheduler.waiting_inputs())  # fewer threads while overloaded
+        # all cores when alone, a share while a peer computes, fewer while overloaded
+        self.threads.update(scheduler.waiting_inputs(), self.computing.peers_active())
         try:
-            outputs = self.session.run(forward.inputs)
+            with self.computing.forward():
+                outputs = self.session.run(forward.inputs)
         except Exception as exc:
             logger.exception("model %s: forward of %d inputs failed", self.model, len(forward))
             scheduler.fail(forward, exc)

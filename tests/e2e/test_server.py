@@ -174,7 +174,12 @@ def test_model_listing_and_details(server: ServerProcess) -> None:
     detail = server.client.get("/v1/models/minilm").json()
     assert detail["task"] == "sentence-embedding"
     assert detail["inputs"] == {"kind": "text", "min_items": 1, "max_items": 256, "max_length": 10000}
-    assert detail["grad_mode"] == "no_grad" and detail["device"] == "cpu" and detail["max_batch_size"] == 32
+    assert (
+        detail["grad_mode"] == "no_grad"
+        and detail["device"] == "cpu"
+        and detail["max_batch_size"] == 16
+        and detail["workers"] == 2
+    )
     assert detail["max_batch_tokens"] == 4096
     assert server.client.get("/v1/models/reference").json()["max_batch_tokens"] is None
 

@@ -6,7 +6,7 @@ import logging
 import re
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from starlette.responses import Response, StreamingResponse
 
@@ -85,3 +85,67 @@ def test_error_headers_are_kept(client: TestClient) -> None:
     response = client.get("/refused", headers={"X-Request-ID": "r1"})
     assert response.status_code == 503 and response.json() == {"error": "busy"}
     assert response.headers["retry-after"] == "1" and response.headers["x-request-id"] == "r1"
+
+
+@pytest.fixture(scope="module")
+def direct_client() -> TestClient:
+    """An app whose middleware answers ``POST /fast`` (and ``/fast-refused``) itself."""
+    app = FastAPI()
+    install_error_handlers(app)
+    reached_fastapi: list[str] = []
+
+    async def fast(request: Request) -> Response:
+        return Response(f"direct {request.state.request_id} {current_request_id()}")
+
+    async def fast_refused(request: Request) -> Response:
+        raise ApiError(503, "busy", {"Retry-After": "1"})
+
+    app.add_middleware(
+        RequestIdMiddleware, direct={("POST", "/fast"): fast, ("POST", "/fast-refused"): fast_refused}
+    )
+
+    @app.get("/fast")
+    async def fast_get() -> Response:
+        reached_fastapi.append("GET /fast")
+        return Response("through FastAPI")
+
+    app.state.reached_fastapi = reached_fastapi
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_a_direct_route_is_answered_by_its_handler_with_the_request_id(direct_client: TestClient) -> None:
+    response = direct_client.post("/fast", headers={"X-Request-ID": "abc"})
+    assert response.status_code == 200
+    assert response.text == "direct abc abc"
+    assert response.headers.get_list("x-request-id") == ["abc"]
+
+
+def test_other_methods_and_paths_still_go_through_fastapi(direct_client: TestClient) -> None:
+    assert direct_client.get("/fast").text == "through FastAPI"
+    assert direct_client.app.state.reached_fastapi == ["GET /fast"]  # type: ignore[attr-defined]
+    assert direct_client.post("/fast/", follow_redirects=False).status_code in (307, 404, 405)  # not exact
+    assert direct_client.put("/fast").status_code == 405
+
+
+def test_an_api_error_from_a_direct_handler_is_answered_as_fastapi_would(direct_client: TestClient) -> None:
+    response = direct_client.post("/fast-refused")
+    assert response.status_code == 503
+    assert response.json() == {"error": "busy"}
+    assert response.headers["retry-after"] == "1"
+    assert GENERATED.fullmatch(response.headers["x-request-id"])
+
+
+def test_the_service_answers_its_inference_routes_directly() -> None:
+    from service.api.app import direct_routes
+
+    class State:
+        routes = {"minilm": None, "reference": None}
+
+    table = direct_routes(State())  # type: ignore[arg-type]
+    assert set(table) == {
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/models/minilm/predict"),
+        ("POST", "/v1/models/reference/predict"),
+        ("POST", "/v2/models/minilm/infer"),
+        ("POST", "/v2/models/reference/infer"),
+    }
