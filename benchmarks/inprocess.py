@@ -3,6 +3,7 @@ result on stdout.
 
     python -m benchmarks.inprocess limit --model minilm --batches 1,8,32 --duration 3
     python -m benchmarks.inprocess limit --model minilm --workload mixed --batches 32 --bucketed
+    python -m benchmarks.inprocess limit --model minilm --batches 16 --threads 1 --processes 2
     python -m benchmarks.inprocess bare-memory --model minilm
     python -m benchmarks.inprocess grad --model minilm --mode no_grad --batch 8
 
@@ -13,6 +14,9 @@ inputs in arrival order (the ceiling any server can reach). With ``--bucketed``,
 is first sorted by token count and cut into forwards under a padded-token budget
 (``--max-batch-tokens``: rows × longest row), outputs put back in arrival order: padding
 a sentence to a paragraph's length is what this avoids. Tokenising to count is timed too.
+With ``--processes N``, N such processes run side by side (each with ``--threads``; they start
+timing together, after every one has loaded the model) and their inputs/s are summed: the
+machine's limit for a layout of N workers (latencies are the first process's).
 ``bare-memory``: the RSS of a process that holds the model after one forward (the yardstick
 for a worker's memory). ``grad``: one grad mode at one batch size: latency and the growth of
 the RSS high-water mark (``ru_maxrss``) over the forwards.
@@ -25,8 +29,11 @@ import contextlib
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -122,10 +129,14 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
     session = InferenceSession(entry.load("cpu"), args.grad_mode)
     session.run([warmup_input(entry.spec)])
     inputs = model_inputs(args.model, workload=args.workload)
+    if args.barrier:
+        wait_for_siblings(Path(args.barrier), args.siblings)
     budget = (
         args.max_batch_tokens or getattr(entry.spec, "max_batch_tokens", None) or DEFAULT_MAX_BATCH_TOKENS
     )
-    bucketed = Bucketed(session, budget, entry.spec.max_batch_size) if args.bucketed else None
+    # a gathered batch is cut into forwards of at most its own size (the service cuts at its
+    # max_batch_size; the limit is the best the machine does with the whole batch)
+    bucketed = Bucketed(session, budget, max(args.batches)) if args.bucketed else None
     runner = bucketed or session
     points = []
     for size in args.batches:
@@ -178,6 +189,56 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
         "interop_threads": torch.get_num_interop_threads(),
         "points": points,
         "peak_rss": max_rss(),
+    }
+
+
+def wait_for_siblings(barrier: Path, count: int, timeout: float = 600.0) -> None:
+    """Announce this process ready in ``barrier`` and wait until ``count`` processes are."""
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout
+    while sum(1 for _ in barrier.iterdir()) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {sum(1 for _ in barrier.iterdir())} of {count} processes got ready")
+        time.sleep(0.01)
+
+
+def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
+    """``limit`` in ``args.processes`` processes at once; inputs/s summed rep by rep."""
+    with tempfile.TemporaryDirectory(prefix="limit-barrier-") as barrier:
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.inprocess",
+            "limit",
+            f"--model={args.model}",
+            f"--threads={args.threads}",
+            f"--grad-mode={args.grad_mode}",
+            f"--batches={','.join(map(str, args.batches))}",
+            f"--duration={args.duration}",
+            f"--reps={args.reps}",
+            f"--workload={args.workload}",
+            f"--max-batch-tokens={args.max_batch_tokens}",
+            *(["--bucketed"] if args.bucketed else []),
+            f"--barrier={barrier}",
+            f"--siblings={args.processes}",
+        ]
+        children = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(args.processes)]
+        outputs = [child.communicate(timeout=900)[0] for child in children]
+    if any(child.returncode for child in children):
+        raise RuntimeError(f"a side-by-side limit process failed: {[c.returncode for c in children]}")
+    results = [orjson.loads(output.strip().splitlines()[-1]) for output in outputs]
+    first = results[0]
+    for index, point in enumerate(first["points"]):
+        for rep_index, rep in enumerate(point["reps"]):
+            reps = [result["points"][index]["reps"][rep_index] for result in results]
+            per_process = [r["throughput_rps"] for r in reps]
+            rep["requests"] = sum(r["requests"] for r in reps)
+            rep["throughput_rps"] = sum(per_process)
+            rep["per_process_rps"] = per_process
+    return {
+        **first,
+        "processes": args.processes,
+        "peak_rss": sum(result["peak_rss"] for result in results),
     }
 
 
@@ -263,6 +324,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub.add_argument("--workload", default="short", choices=WORKLOADS)
     sub.add_argument("--bucketed", action="store_true", help="sort each batch by tokens, cut under a budget")
     sub.add_argument("--max-batch-tokens", type=int, default=0, help="0: model.yaml's, else 2048")
+    sub.add_argument("--processes", type=int, default=1, help="this many side by side, inputs/s summed")
+    sub.add_argument("--barrier", help=argparse.SUPPRESS)  # side_by_side's start line
+    sub.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)
     sub = commands.choices["grad"]
     sub.add_argument("--mode", required=True, choices=["grad", "no_grad", "inference_mode"])
     sub.add_argument("--batch", type=int, default=1)
@@ -275,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
     command = {"limit": limit, "bare-memory": bare_memory, "grad": grad}[args.command]
+    if args.command == "limit" and args.processes > 1:
+        command = side_by_side
     with contextlib.redirect_stdout(sys.stderr):  # library chatter must not corrupt the JSON
         result = command(args)
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -71,7 +71,8 @@ def markdown(results: dict[str, Any]) -> str:
     for model, entry in results["models"].items():
         lines += [
             "",
-            f"## {model} (max_batch_size {entry['max_batch_size']}, batch_timeout {entry['batch_timeout']:g} s)",
+            f"## {model} (this service: {entry.get('workers', 1)} worker{'s' if entry.get('workers', 1) > 1 else ''}, "
+            f"max_batch_size {entry['max_batch_size']}, batch_timeout {entry['batch_timeout']:g} s)",
             "",
             "| contender | concurrency | req/s (median) | min–max | p50 ms | p95 ms | p99 ms | errors | peak RSS, all processes (MiB) | idle CPU % of a core |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -93,6 +94,16 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_num(point.get('throughput_min'), 0)}–{_num(point.get('throughput_max'), 0)} | "
                     f"{_num(point.get('p50_ms'), 2)} | {_num(point.get('p95_ms'), 2)} | {_num(point.get('p99_ms'), 2)} | "
                     f"{point.get('errors', '–')} | {_num(rss, 0)} | {_num(contender.get('idle_cpu_percent'), 1)} |"
+                )
+            side = contender.get("side_by_side") if name == "limit" else None
+            if side:
+                lines.append(
+                    f"| in-process limit, {side['processes']} processes × {side['threads']} thread"
+                    f"{'s' if side['threads'] > 1 else ''} side by side (the service's worker layout) | "
+                    f"{side['processes'] * side['batch']} (batch {side['batch']} each) | "
+                    f"{_num(side.get('throughput_rps'), 0)} | {_num(side.get('throughput_min'), 0)}–"
+                    f"{_num(side.get('throughput_max'), 0)} | {_num(side.get('p50_ms'), 2)} | "
+                    f"{_num(side.get('p95_ms'), 2)} | {_num(side.get('p99_ms'), 2)} | 0 | – | – |"
                 )
         lines += [
             "",
