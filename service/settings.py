@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     models: dict[str, ModelOverrides] = Field(default_factory=dict)
     accelerator: Literal["cpu", "cuda"] = "cpu"  # explicit: LitServe's "auto" shells out to nvidia-smi
     grad_mode: Literal["no_grad", "inference_mode"] = "no_grad"
-    # 0 = share the machine's cores between all inference workers
+    # the cores the service sizes its torch threads for; 0 = the cores this process may run on.
+    # In a container os.cpu_count() sees the node's cores: set it from the CPU limit.
+    cpus: int = Field(0, ge=0, le=1024)
+    # 0 = share the cores (``cpus``) between all inference workers, adaptively (service.worker.threads)
     torch_threads: int = Field(0, ge=0, le=256)
     # torch's inter-op pool per worker (torch.set_num_interop_threads); 0 = torch's default
     torch_interop_threads: int = Field(0, ge=0, le=256)
@@ -153,6 +156,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             f"invalid configuration: {where}: {first['msg']} (from {source} or {env_hint}){more}"
         ) from None
     return settings
+
+
+def cores(settings: Settings) -> int:
+    """The cores the service sizes its threads for: ``cpus`` when set, else :func:`cpu_count`."""
+    return settings.cpus or cpu_count()
 
 
 def cpu_count() -> int:

@@ -24,7 +24,7 @@ from service.core.repository import ModelRepository
 from service.core.spool import clean_spool_dir, default_spool_dir
 from service.runtime.litserve import LitServer, LitServeRuntime, create_server, internal_path
 from service.runtime.supervisor import WorkerMonitor, reap_children
-from service.settings import ModelOverrides, Settings, cpu_count
+from service.settings import ModelOverrides, Settings, cores
 from service.worker.api import ModelAPI, WorkerConfig
 
 logger = logging.getLogger("service.launcher")
@@ -42,12 +42,13 @@ def preflight(settings: Settings) -> ModelRepository:
 
 
 def torch_threads(settings: Settings, total_workers: int) -> int:
-    """Threads per worker: the machine's cores shared between the workers, so workers × threads
-    fits the machine. The API servers get no core of their own: since answers travel per batch they
-    need little CPU, and the forward uses the cores they leave idle (``make bench-threads``: all
-    cores gave +40% short and +65% mixed-length throughput over cores − API servers on 2 cores;
-    OpenMP passive waiting and one inter-op thread changed nothing beyond noise)."""
-    return settings.torch_threads or max(1, cpu_count() // max(1, total_workers))
+    """Threads per worker while its model's other workers compute: the cores shared between all
+    workers, so workers × threads fits the machine (alone, a worker takes more: :func:`threads_alone`).
+    The API servers get no core of their own: since answers travel per batch they need little CPU,
+    and the forward uses the cores they leave idle (``make bench-threads``: all cores gave +40%
+    short and +65% mixed-length throughput over cores − API servers on 2 cores; OpenMP passive
+    waiting and one inter-op thread changed nothing beyond noise)."""
+    return settings.torch_threads or max(1, cores(settings) // max(1, total_workers))
 
 
 def threads_alone(settings: Settings, total_workers: int, model_workers: int, threads: int) -> int:
@@ -56,7 +57,7 @@ def threads_alone(settings: Settings, total_workers: int, model_workers: int, th
     ``torch_threads`` is set explicitly or the model has one worker."""
     if settings.torch_threads or model_workers < 2:
         return threads
-    return max(threads, cpu_count() // max(1, total_workers - model_workers + 1))
+    return max(threads, cores(settings) // max(1, total_workers - model_workers + 1))
 
 
 def threads_under_load(settings: Settings, total_workers: int, threads: int) -> int:
@@ -65,7 +66,7 @@ def threads_under_load(settings: Settings, total_workers: int, threads: int) -> 
     ``torch_threads`` is set explicitly or there is no core to leave."""
     if settings.torch_threads:
         return 0
-    spare = max(1, (cpu_count() - settings.num_api_servers) // max(1, total_workers))
+    spare = max(1, (cores(settings) - settings.num_api_servers) // max(1, total_workers))
     return spare if spare < threads else 0
 
 

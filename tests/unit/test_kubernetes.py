@@ -192,7 +192,7 @@ def test_grace_period_covers_the_delay_and_the_drain(which: str, request: pytest
 @pytest.mark.parametrize("which", ["base", "overlay"])
 def test_torch_threads_follow_the_cpu_limit(which: str, request: pytest.FixtureRequest) -> None:
     spec = container(request.getfixturevalue(which))
-    source = env_of(spec)["SERVICE_TORCH_THREADS"]["resourceFieldRef"]
+    source = env_of(spec)["SERVICE_CPUS"]["resourceFieldRef"]
     assert source == {"containerName": spec["name"], "resource": "limits.cpu", "divisor": "1"}
     # Guaranteed QoS: the limit is what the worker gets, and what its threads are sized for
     assert spec["resources"]["requests"] == spec["resources"]["limits"]
@@ -333,7 +333,7 @@ def test_kserve_example_serves_our_image_over_the_v2_protocol(base: list[dict[st
     assert spec["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert spec["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     env = env_of(spec)
-    assert env["SERVICE_TORCH_THREADS"]["resourceFieldRef"]["containerName"] == spec["name"]
+    assert env["SERVICE_CPUS"]["resourceFieldRef"]["containerName"] == spec["name"]
     budget = float(env["SERVICE_SHUTDOWN_DELAY"]) + float(env["SERVICE_SHUTDOWN_GRACE"]) + STOP_MARGIN
     assert service["spec"]["predictor"]["terminationGracePeriodSeconds"] >= budget
     assert spec["securityContext"]["readOnlyRootFilesystem"] is True

@@ -90,3 +90,39 @@ def test_a_replacement_worker_clears_the_flag_its_predecessor_left_set() -> None
 def test_rejects_an_index_outside_the_array() -> None:
     with pytest.raises(ValueError, match="outside"):
         ComputingFlags([0.0, 0.0], 2)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "api_servers", "workers", "expected"),
+    [
+        # (shared, alone, under load) per worker of a model with `workers` workers, the only model
+        (2, 1, 1, (2, 2, 1)),  # one worker: every core, fewer only when overloaded
+        (2, 1, 2, (1, 2, 0)),  # the default on 2 cores: one each side by side, both alone
+        (4, 1, 2, (2, 4, 1)),
+        (16, 2, 2, (8, 16, 7)),
+        (3, 1, 4, (1, 3, 0)),  # more workers than cores: never fewer than one thread
+    ],
+)
+def test_thread_counts_follow_the_cores_and_the_workers(
+    cpus: int, api_servers: int, workers: int, expected: tuple[int, int, int]
+) -> None:
+    from service.runtime.launcher import threads_alone, threads_under_load, torch_threads
+    from service.settings import Settings
+
+    settings = Settings(cpus=cpus, num_api_servers=api_servers)
+    shared = torch_threads(settings, workers)
+    assert (
+        shared,
+        threads_alone(settings, workers, workers, shared),
+        threads_under_load(settings, workers, shared),
+    ) == expected
+
+
+def test_explicit_torch_threads_are_never_changed() -> None:
+    from service.runtime.launcher import threads_alone, threads_under_load, torch_threads
+    from service.settings import Settings
+
+    settings = Settings(cpus=8, torch_threads=3)
+    assert torch_threads(settings, 2) == 3
+    assert threads_alone(settings, 2, 2, 3) == 3
+    assert threads_under_load(settings, 2, 3) == 0
