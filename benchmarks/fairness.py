@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.files import write_sentences  # noqa: E402
+from service.core.repository import ModelRepository  # noqa: E402
 from tests.support import ServerProcess  # noqa: E402
 
 MODEL = "minilm"
@@ -93,10 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fairness", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=8000)
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between predicts")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="the model's workers (0: its default); 1 shows one worker shared",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    env = {f"SERVICE_MODELS__{MODEL.upper()}__WORKERS": str(args.workers)} if args.workers else {}
+    workers = args.workers or ModelRepository().get(MODEL).spec.workers
 
-    with tempfile.TemporaryDirectory(prefix="fairness-") as work, ServerProcess(serve=[MODEL]) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="fairness-") as work,
+        ServerProcess(serve=[MODEL], env=env) as server,
+    ):
         path = Path(work) / "records.jsonl"
         write_sentences(path, args.records)
         run_file(server.url, path, min(args.records, 256))  # warm-up (a short file)
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "model": MODEL,
+        "workers": workers,
         "records": args.records,
         "interval_s": args.interval,
         "file_alone": alone,
@@ -147,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     p, alone, shared = r["predicts"], r["file_alone"], r["file_with_predicts"]
+    workers = r.get("workers", 1)
     lines = [
         "# Fair scheduling: predicts during a file job",
         "",
         f"{r['date']} · `python -m benchmarks.fairness --records {r['records']} --interval {r['interval_s']}` · "
-        f"{r['model']}, default settings, one worker",
+        f"{r['model']}, default settings, {workers} worker{'s' if workers != 1 else ''}"
+        + (" (the file goes to one, predicts to the least busy)" if workers > 1 else ""),
         "",
         "| run | seconds | records/s | output |",
         "| --- | ---: | ---: | --- |",

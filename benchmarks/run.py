@@ -377,7 +377,6 @@ class Bench:
         return {
             "points": points,
             "mixed_points": mixed,
-            "side_by_side": self.side_by_side(model),
             "warmup_errors": warm["errors"],
             "processes": sampler.report(),
             "idle_cpu_percent": idle,

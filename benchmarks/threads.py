@@ -1,4 +1,4 @@
-"""Which threading should the service's worker use? Alternating runs in one sitting.
+"""Which worker layout and threading should the service use? Alternating runs in one sitting.
 
     python -m benchmarks.threads                      # 3 rounds, every variant, minilm
     python -m benchmarks.threads --rounds 1 --duration 2 --out /tmp/threads   # a smoke run
@@ -11,12 +11,15 @@ request at 32 connections, mixed lengths at 32 connections, and one client. The 
 median over rounds (min–max beside it). Variants, on this machine's N cores:
 
 - ``default``: the service as shipped (whatever its default is at the time);
-- ``cores-api``: ``SERVICE_TORCH_THREADS`` = N − API servers (the earlier default);
-- ``cores``: ``SERVICE_TORCH_THREADS`` = N;
-- each of the two with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of
-  spinning when out of work, leaving the core to the API server);
-- ``cores+interop1``: N threads and one inter-op thread, when the service has a setting for
-  inter-op threads (a ``torch_interop_threads`` field in its settings); otherwise skipped.
+- ``1w-cores``: one minilm worker with N threads and batches of 32 (the default before two
+  workers);
+- ``1w-cores+passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep
+  instead of spinning when out of work, leaving the core to the API server);
+- ``1w-cores-api``: one worker with N − API servers threads, batches of 32 (the first default);
+- ``1w-cores+interop1``: one worker, N threads and one inter-op thread, when the service has a
+  setting for inter-op threads (a ``torch_interop_threads`` field); otherwise skipped;
+- ``fixed-share``: the default layout with ``SERVICE_TORCH_THREADS`` = N ÷ workers: no worker
+  takes every core while it computes alone.
 
 Writes ``threads.json`` and ``threads.md`` under ``--out`` (default ``benchmarks/results``).
 """
@@ -44,26 +47,23 @@ LOADS = (("short c=32", "short", 32), ("mixed c=32", "mixed", 32), ("short c=1",
 
 
 def default_variants() -> dict[str, dict[str, str]]:
+    from service.core.repository import ModelRepository
     from service.settings import Settings
 
     cores = os.cpu_count() or 1
     api_servers = Settings.model_fields["num_api_servers"].default
+    one_worker = {"SERVICE_MODELS__MINILM__WORKERS": "1", "SERVICE_MODELS__MINILM__MAX_BATCH_SIZE": "32"}
+    workers = ModelRepository().get("minilm").spec.workers
     variants: dict[str, dict[str, str]] = {
         "default": {},
-        "cores-api": {"SERVICE_TORCH_THREADS": str(max(1, cores - api_servers))},
-        "cores-api+passive": {
-            "SERVICE_TORCH_THREADS": str(max(1, cores - api_servers)),
-            "OMP_WAIT_POLICY": "PASSIVE",
-        },
-        "cores": {"SERVICE_TORCH_THREADS": str(cores)},
-        "cores+passive": {"SERVICE_TORCH_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"},
+        "1w-cores": {**one_worker},
+        "1w-cores+passive": {**one_worker, "OMP_WAIT_POLICY": "PASSIVE"},
+        "1w-cores-api": {**one_worker, "SERVICE_TORCH_THREADS": str(max(1, cores - api_servers))},
+        "fixed-share": {"SERVICE_TORCH_THREADS": str(max(1, cores // workers))},
     }
     interop = [name for name in Settings.model_fields if "interop" in name]
     if interop:
-        variants["cores+interop1"] = {
-            "SERVICE_TORCH_THREADS": str(cores),
-            f"SERVICE_{interop[0].upper()}": "1",
-        }
+        variants["1w-cores+interop1"] = {**one_worker, f"SERVICE_{interop[0].upper()}": "1"}
     return variants
 
 
@@ -115,7 +115,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
-        "# Worker threading, alternating runs",
+        "# Worker layout and threading, alternating runs",
         "",
         f"{meta['date']} · {meta['machine']} · {meta['cores']} cores · load average at start "
         f"{', '.join(f'{x:.2f}' for x in meta['load_average'])} · {MODEL}, service defaults plus the "
