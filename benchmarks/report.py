@@ -160,6 +160,18 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_num(point.get('p50_ms'), 2)} | {_num(point.get('p95_ms'), 2)} | {_num(point.get('p99_ms'), 2)} | "
                     f"{point.get('errors', '–')} | {point.get('timeouts', '–')} |"
                 )
+                side = (entry["contenders"]["limit"].get("side_by_side") or {}) if name == "limit" else {}
+                if side.get("mixed") and point.get("bucketed"):
+                    mixed = side["mixed"]
+                    lines.append(
+                        f"| in-process limit, {side['processes']} processes × {side['threads']} thread"
+                        f"{'s' if side['threads'] > 1 else ''} side by side (the service's worker layout), "
+                        f"batches of {side['batch']} length-bucketed ≤ {mixed['max_batch_tokens']} tokens | "
+                        f"{side['processes'] * side['batch']} | {_num(mixed.get('throughput_rps'), 0)} | "
+                        f"{_num(mixed.get('throughput_min'), 0)}–{_num(mixed.get('throughput_max'), 0)} | "
+                        f"{_num(mixed.get('p50_ms'), 2)} | {_num(mixed.get('p95_ms'), 2)} | "
+                        f"{_num(mixed.get('p99_ms'), 2)} | 0 | 0 |"
+                    )
         other = entry["contenders"].get("infinity", {})
         if other.get("install_s"):
             lines += ["", f"Infinity's virtualenv was installed in this run ({other['install_s']:.0f} s)."]
