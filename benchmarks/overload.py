@@ -4,7 +4,8 @@
 
 1. Starts ``python -m service serve`` (real configuration, one model) on a free loopback port.
 2. Measures the sustainable rate: ``benchmarks.loadgen`` closed-loop at concurrency
-   ``max_batch_size`` for ~15 s; every answer must be a 200.
+   ``max_batch_size`` × ``workers`` (a full forward for every worker) for ~15 s; every answer
+   must be a 200.
 3. Drives an OPEN-loop load at ``--factor`` (4) × that rate for ``--duration`` seconds: Poisson
    arrivals on a fixed, seeded schedule, sent whether or not earlier requests were answered
    (raw HTTP/1.1 on asyncio, a pool of keep-alive connections that grows as needed), each with
@@ -796,7 +797,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure_sustainable(
     server: ServerUnderTest, args: argparse.Namespace, info: dict[str, Any]
 ) -> dict[str, Any]:
-    concurrency = int(info.get("max_batch_size") or 32)
+    concurrency = int(info.get("max_batch_size") or 32) * int(info.get("workers") or 1)
     if args.rate is not None:
         return {
             "concurrency": None,
