@@ -78,20 +78,13 @@ def token_counts(model: Any, texts: list[str]) -> list[int]:
 
 
 def bucket(costs: list[int], budget: int, cap: int) -> list[list[int]]:
-    """Indices of one gathered batch, sorted by cost and cut into groups whose padded cost
-    (rows × the longest row's cost) stays within ``budget`` and whose size within ``cap``;
-    a single input over the budget is a group alone."""
-    groups: list[list[int]] = []
-    group: list[int] = []
-    for index in sorted(range(len(costs)), key=costs.__getitem__):
-        # ascending order: the newcomer is the longest of the group
-        if group and ((len(group) + 1) * costs[index] > budget or len(group) >= cap):
-            groups.append(group)
-            group = []
-        group.append(index)
-    if group:
-        groups.append(group)
-    return groups
+    """Indices of one gathered batch grouped into forwards by the service's own planner
+    (:func:`service.worker.batcher.plan`): sorted by cost, cut where the padded cost (rows × the
+    longest row's cost) would exceed ``budget``, the size ``cap``, or where a newcomer would pad
+    its group by more than a forward costs; a single input over the budget is a group alone."""
+    from service.worker.batcher import Limits, plan
+
+    return plan(costs, Limits(cap, budget))
 
 
 class Bucketed:
