@@ -105,6 +105,20 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_num(side.get('throughput_max'), 0)} | {_num(side.get('p50_ms'), 2)} | "
                     f"{_num(side.get('p95_ms'), 2)} | {_num(side.get('p99_ms'), 2)} | 0 | – | – |"
                 )
+        again = entry.get("limit_again")
+        if again:
+            side = again.get("side_by_side")
+            lines += [
+                "",
+                "The in-process limit measured again right after this service's run (the short-sentence "
+                "targets use the mean of the two readings): "
+                + ", ".join(
+                    f"batch {p['batch']} {_num(p['throughput_rps'], 0)} inputs/s (p50 {_num(p['p50_ms'], 2)} ms)"
+                    for p in again["points"]
+                )
+                + (f"; side by side {_num(side['throughput_rps'], 0)} inputs/s" if side else "")
+                + ".",
+            ]
         lines += [
             "",
             "Memory per process (RSS peak sampled every 0.1 s during the runs; high-water = the kernel's VmHWM, start-up included):",
