@@ -239,42 +239,40 @@ class Bench:
             timeout=900,
         )
 
+    def side_by_side_point(
+        self, model: str, spec: Any, workload: str = "short", bucketed: bool = False
+    ) -> dict[str, Any]:
+        """One point of the limit in the service's own layout: as many processes as ``spec``'s
+        workers side by side, each with its share of the cores and batches of its max_batch_size
+        (``benchmarks.inprocess limit --processes``)."""
+        threads = max(1, (os.cpu_count() or 1) // spec.workers)
+        found = self.inprocess_limit(
+            model, [spec.max_batch_size], workload, bucketed, processes=spec.workers, threads=threads
+        )
+        runs = found["points"][0]["reps"]
+        return {
+            "threads": threads,
+            "max_batch_tokens": found["max_batch_tokens"],
+            "runs": runs,
+            **summarise(runs),
+        }
+
     def side_by_side(self, model: str) -> dict[str, Any] | None:
-        """The short workload's limit for the service's own layout when a model has several
-        workers: that many processes side by side, each with its share of the cores and batches
-        of the model's max_batch_size (``benchmarks.inprocess limit --processes``)."""
+        """The limit in the service's own layout when a model has several workers: the short
+        workload, and for text models the mixed one length-bucketed."""
         from service.core.repository import ModelRepository
 
         spec = ModelRepository().get(model).spec
         if spec.workers < 2:
             return None
-        threads = max(1, (os.cpu_count() or 1) // spec.workers)
-        found = self.inprocess_limit(model, [spec.max_batch_size], processes=spec.workers, threads=threads)
-        runs = found["points"][0]["reps"]
-        mixed = None
-        if model in TEXT_MODELS:
-            found = self.inprocess_limit(
-                model, [spec.max_batch_size], "mixed", True, processes=spec.workers, threads=threads
-            )
-            point = found["points"][0]
-            mixed = {
-                "max_batch_tokens": found["max_batch_tokens"],
-                "runs": point["reps"],
-                **summarise(point["reps"]),
-            }
+        short = self.side_by_side_point(model, spec)
+        mixed = self.side_by_side_point(model, spec, "mixed", True) if model in TEXT_MODELS else None
         log(
-            f"  {spec.workers} processes x {threads} thread(s) side by side, batch {spec.max_batch_size}: "
-            f"{summarise(runs)['throughput_rps']:.0f} inputs/s"
+            f"  {spec.workers} processes x {short['threads']} thread(s) side by side, batch {spec.max_batch_size}: "
+            f"{short['throughput_rps']:.0f} inputs/s"
             + (f", mixed length-bucketed {mixed['throughput_rps']:.0f} inputs/s" if mixed else "")
         )
-        return {
-            "processes": spec.workers,
-            "threads": threads,
-            "batch": spec.max_batch_size,
-            "runs": runs,
-            **summarise(runs),
-            "mixed": mixed,
-        }
+        return {"processes": spec.workers, "batch": spec.max_batch_size, **short, "mixed": mixed}
 
     def limit_again(self, model: str, max_batch: int) -> dict[str, Any]:
         """The limit's short-workload points, and its short side-by-side point, measured once more
@@ -284,14 +282,8 @@ class Bench:
         max_batch = max(max_batch, LIMIT_BATCH)
         result = self.inprocess_limit(model, sorted({min(c, max_batch) for c in self.plan.concurrencies}))
         points = [{"batch": p["batch"], "runs": p["reps"], **summarise(p["reps"])} for p in result["points"]]
-        side = None
         spec = ModelRepository().get(model).spec
-        if spec.workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // spec.workers)
-            found = self.inprocess_limit(
-                model, [spec.max_batch_size], processes=spec.workers, threads=threads
-            )
-            side = {"runs": found["points"][0]["reps"], **summarise(found["points"][0]["reps"])}
+        side = self.side_by_side_point(model, spec) if spec.workers > 1 else None
         log(
             "  "
             + ", ".join(f"batch {p['batch']}: {p['throughput_rps']:.0f} inputs/s" for p in points)
@@ -545,14 +537,9 @@ def _point(
     return None
 
 
-def bracketed_limit(results: dict[str, Any], model: str, concurrency: int) -> dict[str, Any] | None:
-    """The limit's short point at ``concurrency``: the mean of its reading before the service's
-    run and its reading right after (``limit_again``), or the first alone when there is no second."""
-    first = _point(results, model, "limit", concurrency)
-    if first is None:
-        return None
-    again_points = (results["models"][model].get("limit_again") or {}).get("points") or []
-    again = {p["batch"]: p for p in again_points}.get(first["batch"])
+def bracketed(first: dict[str, Any], again: dict[str, Any] | None) -> dict[str, Any]:
+    """A baseline measured before the service's run and, when ``again`` is given, right after it:
+    the mean of the two readings (throughput and p50), with ``how`` saying so."""
     if again is None:
         return {**first, "how": ""}
     return {
@@ -563,6 +550,15 @@ def bracketed_limit(results: dict[str, Any], model: str, concurrency: int) -> di
             f"the service's run, p50 {first['p50_ms']:.2f} and {again['p50_ms']:.2f} ms"
         ),
     }
+
+
+def bracketed_limit(results: dict[str, Any], model: str, concurrency: int) -> dict[str, Any] | None:
+    """The limit's short point at ``concurrency``, bracketed by its reading in ``limit_again``."""
+    first = _point(results, model, "limit", concurrency)
+    if first is None:
+        return None
+    again_points = (results["models"][model].get("limit_again") or {}).get("points") or []
+    return bracketed(first, {p["batch"]: p for p in again_points}.get(first["batch"]))
 
 
 def _workers(results: dict[str, Any], model: str) -> list[dict[str, Any]]:
@@ -606,17 +602,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         service = _point(results, "minilm", "service", 32)
         side = models["minilm"]["contenders"]["limit"]["side_by_side"]
         assert service and side
-        rate, how = side["throughput_rps"], ""
-        again = (models["minilm"].get("limit_again") or {}).get("side_by_side")
-        if again:
-            rate = (side["throughput_rps"] + again["throughput_rps"]) / 2
-            how = f"; mean of {side['throughput_rps']:.0f} before and {again['throughput_rps']:.0f} right after the service's run"
+        limit = bracketed(side, (models["minilm"].get("limit_again") or {}).get("side_by_side"))
         return (
-            service["throughput_rps"] / rate,
+            service["throughput_rps"] / limit["throughput_rps"],
             0.85,
-            f"{service['throughput_rps']:.0f} req/s vs {rate:.0f} inputs/s "
+            f"{service['throughput_rps']:.0f} req/s vs {limit['throughput_rps']:.0f} inputs/s "
             f"(in-process, {side['processes']} processes × {side['threads']} thread side by side, "
-            f"batches of {side['batch']}: the service's worker layout{how})",
+            f"batches of {side['batch']}: the service's worker layout{limit['how']})",
         )
 
     def mixed_vs_bucketed() -> tuple[float, float, str]:
