@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.files import write_sentences  # noqa: E402
+from benchmarks.files import predict_file_upload, write_sentences  # noqa: E402
 from service.core.repository import ModelRepository  # noqa: E402
 from tests.support import ServerProcess  # noqa: E402
 
@@ -40,16 +40,7 @@ def run_file(url: str, path: Path, records: int) -> dict[str, Any]:
     ids: list[int] = []
     errors = 0
     started = time.perf_counter()
-    with (
-        open(path, "rb") as source,
-        httpx.Client(timeout=None) as client,
-        client.stream(
-            "POST",
-            f"{url}/v1/models/{MODEL}/predict-file",
-            content=iter(lambda: source.read(1 << 20), b""),
-            headers={"content-type": "application/x-ndjson"},
-        ) as response,
-    ):
+    with predict_file_upload(url, MODEL, path) as response:
         status = response.status_code
         for line in response.iter_lines():
             if not line:

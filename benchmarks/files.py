@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +109,29 @@ class RssSampler:
         return rows
 
 
+@contextlib.contextmanager
+def predict_file_upload(url: str, model: str, path: Path) -> Iterator[httpx.Response]:
+    """``POST {url}/v1/models/{model}/predict-file`` with ``path`` streamed up in 1 MiB chunks:
+    the NDJSON answer, streaming, for the duration of the block."""
+    with (
+        open(path, "rb") as source,
+        httpx.Client(timeout=None) as client,
+        client.stream(
+            "POST",
+            f"{url}/v1/models/{model}/predict-file",
+            content=iter(lambda: source.read(1 << 20), b""),
+            headers={"content-type": "application/x-ndjson"},
+        ) as response,
+    ):
+        yield response
+
+
 def http_run(server: ServerProcess, model: str, path: Path) -> dict[str, Any]:
     lines = errors = 0
     started = time.perf_counter()
     with (
         RssSampler(server.pids()) as sampler,
-        open(path, "rb") as source,
-        httpx.Client(timeout=None) as client,
-        client.stream(
-            "POST",
-            f"{server.url}/v1/models/{model}/predict-file",
-            content=iter(lambda: source.read(1 << 20), b""),
-            headers={"content-type": "application/x-ndjson"},
-        ) as response,
+        predict_file_upload(server.url, model, path) as response,
     ):
         assert response.status_code == 200, response.read()
         for line in response.iter_lines():
