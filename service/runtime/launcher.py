@@ -104,7 +104,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             torch_interop_threads=settings.torch_interop_threads,
             torch_threads_under_load=threads_under_load(settings, total_workers, threads),
             torch_threads_alone=threads_alone(settings, total_workers, count, threads),
-            computing_flags=mp.RawArray("d", count) if count > 1 else None,
+            compute_times=mp.RawArray("d", count) if count > 1 else None,
             max_batch_size=batch,
             batch_timeout=timeout,
             max_batch_tokens=tokens,

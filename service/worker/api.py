@@ -41,10 +41,10 @@ class WorkerConfig:
     torch_threads_under_load: int = 0
     # threads while no other worker of the model computes (service.worker.threads); 0: torch_threads
     torch_threads_alone: int = 0
-    # when each worker of the model last computed (service.worker.threads.ComputingFlags): a
+    # when each worker of the model last computed (service.worker.threads.ComputeTimes): a
     # multiprocessing.RawArray("d", workers) made by the launcher, travelling to the spawned
     # workers with this config; None: no peers
-    computing_flags: Any = None
+    compute_times: Any = None
     max_batch_tokens: int | None = None  # padded-token budget per forward (worker.batcher.Limits)
     max_line_bytes: int = 1 << 20
     metrics: bool = True

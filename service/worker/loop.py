@@ -28,7 +28,7 @@ from service.core.spool import BatchLedger, CancelMarkers, batch_ledger_path
 from service.runtime.litserve import WorkerChannel, WorkerLoop
 from service.worker.batcher import CostFunction, Dropped, Limits, Scheduler, cost_function, unit_costs
 from service.worker.filejobs import FileJobSource, FormatError
-from service.worker.threads import ComputingFlags, ThreadGovernor
+from service.worker.threads import ComputeTimes, ThreadGovernor
 
 if TYPE_CHECKING:
     from service.worker.api import ModelAPI
@@ -79,8 +79,8 @@ class BatchingLoop(WorkerLoop):
             alone=config.torch_threads_alone,
             model=config.model,
         )
-        flags = config.computing_flags
-        self.computing = ComputingFlags(flags, worker_id) if flags is not None else ComputingFlags([0.0], 0)
+        times = config.compute_times
+        self.computing = ComputeTimes(times, worker_id) if times is not None else ComputeTimes([0.0], 0)
         try:
             while True:
                 self._serve_once()

@@ -15,7 +15,7 @@
   thread 294 req/s.
 
 Whether a peer is computing is read from a shared array of one entry per worker
-(:class:`ComputingFlags`): each worker writes only its own entry, so no lock is shared that a
+(:class:`ComputeTimes`): each worker writes only its own entry, so no lock is shared that a
 killed worker could leave held; its replacement clears the entry it left set.
 """
 
@@ -34,7 +34,7 @@ logger = logging.getLogger("service.worker")
 QUIET_SECONDS = 0.1
 
 
-class ComputingFlags:
+class ComputeTimes:
     """When each worker of a model last computed: ``inf`` while it is in a forward, else the
     monotonic time its last forward ended (0: never). A peer counts as active while computing
     or within ``quiet`` seconds of its last forward, so closed-loop clients, who leave a worker

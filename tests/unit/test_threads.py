@@ -7,7 +7,7 @@ import multiprocessing as mp
 
 import pytest
 
-from service.worker.threads import ComputingFlags, ThreadGovernor
+from service.worker.threads import ComputeTimes, ThreadGovernor
 
 pytestmark = pytest.mark.unit
 
@@ -58,38 +58,38 @@ def test_rejects_thresholds_in_the_wrong_order() -> None:
 
 def test_a_peer_counts_while_computing_and_for_the_quiet_time_after() -> None:
     times = [0.0, 0.0]
-    me, peer = ComputingFlags(times, 0, quiet=0.1), ComputingFlags(times, 1, quiet=0.1)
+    me, peer = ComputeTimes(times, 0, quiet=0.1), ComputeTimes(times, 1, quiet=0.1)
     assert not me.peers_active(now=1000.0)
     with peer.forward():
         assert times[1] == math.inf
         assert me.peers_active(now=1000.0)
-        assert not peer.peers_active()  # its own flag is not a peer
+        assert not peer.peers_active()  # its own entry is not a peer
     ended = times[1]
     assert 0 < ended < math.inf
     assert me.peers_active(now=ended + 0.05)
     assert not me.peers_active(now=ended + 0.2)
 
 
-def test_the_flag_is_cleared_when_the_forward_fails() -> None:
+def test_the_entry_is_cleared_when_the_forward_fails() -> None:
     times = [0.0, 0.0]
-    flags = ComputingFlags(times, 1)
-    with pytest.raises(RuntimeError), flags.forward():
+    entry = ComputeTimes(times, 1)
+    with pytest.raises(RuntimeError), entry.forward():
         raise RuntimeError("forward failed")
     assert times[1] != math.inf
 
 
-def test_a_replacement_worker_clears_the_flag_its_predecessor_left_set() -> None:
+def test_a_replacement_worker_clears_the_entry_its_predecessor_left_set() -> None:
     times = mp.RawArray("d", 2)  # what the launcher shares between a model's workers
     times[0] = math.inf  # worker 0 was killed in the middle of a forward
-    observer = ComputingFlags(times, 1)
+    observer = ComputeTimes(times, 1)
     assert observer.peers_active()
-    ComputingFlags(times, 0)  # its replacement starts
+    ComputeTimes(times, 0)  # its replacement starts
     assert not observer.peers_active()
 
 
 def test_rejects_an_index_outside_the_array() -> None:
     with pytest.raises(ValueError, match="outside"):
-        ComputingFlags([0.0, 0.0], 2)
+        ComputeTimes([0.0, 0.0], 2)
 
 
 @pytest.mark.parametrize(
