@@ -45,9 +45,10 @@ def torch_threads(settings: Settings, total_workers: int) -> int:
     """Threads per worker while its model's other workers compute: the cores shared between all
     workers, so workers × threads fits the machine (alone, a worker takes more: :func:`threads_alone`).
     The API servers get no core of their own: since answers travel per batch they need little CPU,
-    and the forward uses the cores they leave idle (``make bench-threads``: all cores gave +40%
-    short and +65% mixed-length throughput over cores − API servers on 2 cores; OpenMP passive
-    waiting and one inter-op thread changed nothing beyond noise)."""
+    and the forward uses the cores they leave idle (``make bench-threads`` on 2 cores, short /
+    mixed-length req/s at 32 connections: one worker with cores − API servers threads 288 / 91,
+    with all cores 461 / 159, two workers sharing them 496 / 165; OpenMP passive waiting and one
+    inter-op thread were no better)."""
     return settings.torch_threads or max(1, cores(settings) // max(1, total_workers))
 
 
