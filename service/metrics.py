@@ -105,6 +105,11 @@ REJECTED = Counter(
     "inference_rejected_requests", "Requests refused before reaching a model, by reason.", ["model", "reason"]
 )
 WORKER_RESTARTS = Counter("inference_worker_restarts", "Inference workers replaced after dying.", ["model"])
+RESENT = Counter(
+    "inference_requests_resent",
+    "Requests sent again to another worker because the worker computing them died.",
+    ["model"],
+)
 FILE_RECORDS = Counter(
     "inference_file_records", "Records read from uploaded or CLI files, by outcome.", ["model", "outcome"]
 )
@@ -122,6 +127,7 @@ def initialise_api_labels(models: Iterable[str]) -> None:
             REJECTED.labels(model, "unauthorized")
             continue
         IN_FLIGHT.labels(model)
+        RESENT.labels(model)
         for reason in REJECT_REASONS:
             REJECTED.labels(model, reason)
 
@@ -202,7 +208,7 @@ _METRIC_NAMES = (
     "REQUESTS", "REQUEST_DURATION", "QUEUE_DURATION", "COMPUTE_DURATION", "BATCH_SIZE", "BATCH_PADDED_TOKENS",
     "IN_FLIGHT",
     "WORKER_RSS", "WORKER_PEAK_RSS", "CUDA_ALLOCATED", "CUDA_RESERVED", "CUDA_MAX_ALLOCATED",
-    "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "FILE_RECORDS", "FILE_BYTES",
+    "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "RESENT", "FILE_RECORDS", "FILE_BYTES",
 )  # fmt: skip
 
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 import tempfile
 
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="inference-test-metrics-"))
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import atexit
+    import shutil
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inference-test-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from collections.abc import Iterator

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def scratch_folders(pid: int, kind: str = "*") -> list[Path]:
+    """The temporary folders of the service run with launcher ``pid`` (service.core.scratch)."""
+    root = Path(tempfile.gettempdir())
+    if kind == "*":
+        return sorted(path for path in root.glob("inference-*") if f"-{pid}-" in path.name)
+    return sorted(root.glob(f"inference-{kind}-{pid}-*"))
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -68,6 +77,7 @@ class ServerUnderTest:
         ready_timeout: float = 180.0,
         wait_ready: bool = True,
         port: int | None = None,
+        own_metrics_dir: bool = True,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -76,14 +86,14 @@ class ServerUnderTest:
         self.stop_signal = stop_signal
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
-        self.metrics_dir = tempfile.mkdtemp(prefix="inference-test-metrics-")
-        self.env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
-            "SERVICE_PORT": str(self.port),
-            **(env or {}),
-        }
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "SERVICE_PORT": str(self.port), **(env or {})}
+        # a metrics folder of the test's own, removed at stop (ServerProcess lets the service own one)
+        self._own_metrics_dir: str | None = None
+        if own_metrics_dir:
+            self._own_metrics_dir = tempfile.mkdtemp(prefix="inference-test-metrics-")
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = self._own_metrics_dir
+        else:
+            self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.log = tempfile.NamedTemporaryFile(prefix="inference-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_s = float("nan")
@@ -172,7 +182,22 @@ class ServerUnderTest:
             self.process.wait(timeout=5)
         with contextlib.suppress(OSError):
             os.unlink(self.log.name)
+        if self._own_metrics_dir is not None:
+            shutil.rmtree(self._own_metrics_dir, ignore_errors=True)
         return self.process.returncode
+
+    @property
+    def metrics_dir(self) -> str:
+        """The server's Prometheus multiprocess folder."""
+        if self._own_metrics_dir is not None:
+            return self._own_metrics_dir
+        return str(self.scratch("metrics"))
+
+    def scratch(self, kind: str) -> Path:
+        """The server's own folder ``inference-<kind>-<launcher pid>-…`` in the temp directory."""
+        found = scratch_folders(self.pid, kind)
+        assert len(found) == 1, f"expected one {kind} folder of pid {self.pid}, found {found}"
+        return found[0]
 
 
 class ServerProcess(ServerUnderTest):
@@ -198,6 +223,7 @@ class ServerProcess(ServerUnderTest):
             ready_timeout=ready_timeout,
             wait_ready=wait_ready,
             port=port,
+            own_metrics_dir=False,
         )
         self.client = httpx.Client(base_url=self.url, timeout=60.0)
 
@@ -207,7 +233,18 @@ class ServerProcess(ServerUnderTest):
 
     def stop(self, timeout: float = 15.0) -> int | None:
         self.client.close()
-        return super().stop(timeout)
+        code = super().stop(timeout)
+        if self.process is not None and self.process.returncode not in (None, -signal.SIGKILL):
+            # however it stopped (SIGTERM, SIGINT, an error), the service left nothing behind
+            left = scratch_folders(self.process.pid)
+            assert not left, f"the server left {left} in the temp directory"
+        return code
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the server spools uploads: SERVICE_SPOOL_DIR, else its own temporary folder."""
+        configured = self.env.get("SERVICE_SPOOL_DIR")
+        return Path(configured) if configured else self.scratch(f"spool-{self.port}")
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
         return self.client.post(path, json=body, **kwargs)

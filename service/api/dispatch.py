@@ -174,6 +174,7 @@ class Dispatcher:
                 {answer, disconnected}, timeout=deadline.remaining(), return_when="FIRST_COMPLETED"
             )
             if disconnected in done and answer not in done:
+                mailbox.abandon()
                 cancel = cancel_marker(self.spool_dir, mailbox.uid)
                 cancel.touch()
                 # keep the admission until the worker drops it (or the deadline): it still holds a queue slot
@@ -245,7 +246,7 @@ class Dispatcher:
                 failure.status,
                 failure.message,
             )
-        return ApiError(failure.status, failure.message)
+        return ApiError(failure.status, failure.message, dict(RETRY_AFTER) if failure.retry_after else None)
 
     def _refuse_when_shutting_down(self, model: QueuedModel) -> None:
         if self.shutting_down.value:

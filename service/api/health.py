@@ -19,10 +19,15 @@ async def live() -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """200 when every model is loaded and warmed in all its workers; 503 before, during a
-    worker's replacement, and while shutting down."""
+    """200 when every model is loaded and warmed in all its workers, and each of them told this
+    API server so; 503 before, during a worker's replacement, and while shutting down."""
     state = service_state(request)
     models = state.readiness()
+    # and this API server has heard from each of them, so that it can route to every one
+    reachable = state.dispatcher.channel.ready_workers()
+    models = {
+        name: ready and reachable.get(name, 0) >= state.routes[name].workers for name, ready in models.items()
+    }
     if state.shutting_down.value or state.unready.value:
         return json_response({"status": "shutting down", "models": models}, 503)
     if not all(models.values()):

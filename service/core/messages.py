@@ -7,8 +7,8 @@ one :class:`PredictResult` or :class:`Failure` for a predict job; for a file job
 
 The channels they travel on are narrow interfaces (:class:`RequestChannel` and
 :class:`Mailbox` on the API-server side) so that the transport under them can change without
-touching a protocol or the dispatch core; ``service.runtime.litserve`` implements them on
-LitServe's queues. Everything here is picklable and torch-free.
+touching a protocol or the dispatch core; ``service.runtime.routing`` implements them on
+the pipes to the workers. Everything here is picklable and torch-free.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Failure:
 
     status: int
     message: str
+    retry_after: bool = False  # the client may retry at once (answered with ``Retry-After``)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ class FileDone:
 Answer = PredictResult | Failure | FileProgress | FileDone
 
 
+@dataclass(frozen=True)
+class WorkerReady:
+    """A worker's first message to each API server: it has loaded its model and reads its jobs."""
+
+    pid: int
+
+
 class Mailbox(Protocol):
     """Where the answers to one request arrive, in order, in the API server that sent it."""
 
@@ -101,6 +109,10 @@ class Mailbox(Protocol):
         """Stop receiving: later answers for this uid are dropped. Idempotent."""
         ...
 
+    def abandon(self) -> None:
+        """The client went away: should its worker die, the request is not sent again."""
+        ...
+
 
 class RequestChannel(Protocol):
     """How an API server hands jobs to a model's workers."""
@@ -111,4 +123,8 @@ class RequestChannel(Protocol):
 
     async def put(self, model: str, mailbox: Mailbox, job: Job) -> None:
         """Queue ``job`` for ``model``'s workers; its answers go to ``mailbox``."""
+        ...
+
+    def ready_workers(self) -> dict[str, int]:
+        """Per model, how many of its workers this API server can send jobs to now."""
         ...

@@ -2,8 +2,7 @@
 
 Uploads are spooled there (``<token>.in``) and results streamed back from it (``<token>.out``);
 an API server whose client went away leaves a cancel marker (``<uid>.cancel``) that workers see
-before computing; each worker records the batch it is computing in a ledger
-(``workers/<model>-<index>.batch``) that the launcher reads if the worker dies.
+before computing.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-SPOOL_SUFFIXES = (".in", ".out", ".cancel", ".batch")
+SPOOL_SUFFIXES = (".in", ".out", ".cancel")
 CANCEL_SUFFIX = ".cancel"
 
 
@@ -67,46 +66,3 @@ class CancelMarkers:
                 if name.endswith(CANCEL_SUFFIX)
             )
         return self._uids
-
-
-def batch_ledger_path(spool_dir: Path, model: str, worker: int) -> Path:
-    return spool_dir / "workers" / f"{model}-{worker}.batch"
-
-
-class BatchLedger:
-    """The requests a worker is computing, in a small file the launcher reads if the worker
-    dies, so that exactly those requests get a 503 at once instead of hanging (queued ones are
-    left for the replacement worker). Two syscalls per batch."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._fd = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-
-    def record(self, entries: list[tuple[int, str]]) -> None:
-        """Replace the ledger with these (response queue id, uid) pairs."""
-        if self._fd is None:
-            return
-        data = "".join(f"{queue_id} {uid}\n" for queue_id, uid in entries).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-
-    def clear(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-
-
-def read_batch_ledger(path: Path) -> list[tuple[int, str]]:
-    """The (response queue id, uid) pairs a dead worker was computing."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            text = handle.read(1 << 20)
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in text.splitlines():
-        queue_id, _, uid = line.partition(" ")
-        if queue_id.isdigit() and uid:
-            entries.append((int(queue_id), uid))
-    return entries

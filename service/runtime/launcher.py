@@ -4,10 +4,10 @@ validated start-up before the port is bound, SIGTERM/SIGINT drain, and no proces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -21,6 +21,7 @@ from service.api.app import register
 from service.api.native import request_model_for
 from service.api.state import ModelRoute, ServiceState
 from service.core.repository import ModelRepository
+from service.core.scratch import owned_folder
 from service.core.spool import clean_spool_dir, default_spool_dir
 from service.runtime.litserve import LitServer, LitServeRuntime, create_server, internal_path
 from service.runtime.supervisor import WorkerMonitor, reap_children
@@ -205,6 +206,14 @@ class Drain:
 
 def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit status."""
+    with contextlib.ExitStack() as scratch:
+        if settings.spool_dir is None:  # our own folder, removed however the run ends
+            folder = scratch.enter_context(owned_folder(f"spool-{settings.port}"))
+            settings = settings.model_copy(update={"spool_dir": folder})
+        return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
     repository = preflight(settings)
     wipe_metrics_dir()
     if not settings.metrics:
@@ -239,6 +248,5 @@ def serve(settings: Settings) -> int:
         return 1
     finally:
         reap_children()
-        if settings.spool_dir is None:  # our own temporary folder: leave nothing in /tmp
-            shutil.rmtree(state.spool_dir, ignore_errors=True)
+        runtime.close()
     return 1 if monitor.failure else 0

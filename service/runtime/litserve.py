@@ -5,8 +5,8 @@ worker setup status kept by its Manager); requests and answers travel on our own
 (:mod:`service.runtime.pipes`), not through its Manager queues. This module wraps what we use:
 
 - :func:`create_server` builds the ``LitServer`` with our defaults and without its own routes;
-- :class:`LitServeRuntime` is the launcher's handle (worker states, relaunching a worker,
-  answering for a dead one, stopping) and owns the pipes and the API servers' request channel;
+- :class:`LitServeRuntime` is the launcher's handle (worker states, relaunching a worker with
+  new pipes, stopping) and owns the pipes and the API servers' request channel;
 - :class:`WorkerLoop` is the worker side: a LitServe loop whose ``serve`` method gets a
   :class:`WorkerChannel` over its pipes (typed :class:`Envelope` jobs in, typed answers out).
 """
@@ -23,8 +23,8 @@ import litserve.server
 from litserve import LitAPI, LitServer
 from litserve.loops.base import LitLoop
 
-from service.core.messages import Answer
-from service.runtime.pipes import PipeRequestChannel, PipeSet, PipeWorkerChannel
+from service.runtime.pipes import PipeSet, PipeWorkerChannel
+from service.runtime.routing import PipeRequestChannel
 
 WorkerChannel = PipeWorkerChannel  # what a worker loop's serve() is handed
 
@@ -141,9 +141,14 @@ class LitServeRuntime:
         self.worker_processes()[slot] = process
         return process
 
-    def send_answer(self, model: str, worker: int, reply_to: int, uid: str, answer: Answer) -> None:
-        """Answer a request as its worker would have (for requests a dead worker was holding)."""
-        self.pipes.answer(model, worker, reply_to, uid, answer)
+    def renew_pipes(self, model: str, index: int) -> None:
+        """New pipes for a dead worker's replacement; the API servers get theirs at once and
+        send again what the dead worker held (:mod:`service.runtime.routing`)."""
+        self.pipes.renew(model, index)
+
+    def close(self) -> None:
+        """Close the launcher's ends of every pipe (after every process stopped)."""
+        self.pipes.close()
 
     def run(self, *, host: str, port: int, num_api_servers: int, log_level: str, access_log: bool) -> None:
         self.server.run(
@@ -165,7 +170,7 @@ class WorkerLoop(LitLoop):  # type: ignore[misc]
     """A LitServe loop that hands :meth:`serve` a typed :class:`WorkerChannel` (LitServe calls it
     in the worker process once the LitAPI's ``setup`` is done)."""
 
-    worker_pipes: tuple[Any, ...] = ()  # one WorkerPipes per worker index, set by LitServeRuntime
+    worker_pipes: Any = None  # the model's WorkerPipesTable, set by LitServeRuntime
 
     def __call__(
         self,
@@ -177,8 +182,12 @@ class WorkerLoop(LitLoop):  # type: ignore[misc]
         workers_setup_status: Any,
         callback_runner: Any,
     ) -> None:
+        for others in self.worker_pipes.others(worker_id):  # inherited with the LitAPI; not ours
+            others.close()
+        channel = PipeWorkerChannel(self.worker_pipes[worker_id])
+        channel.announce()
         try:
-            self.serve(lit_api, worker_id, PipeWorkerChannel(self.worker_pipes[worker_id]))
+            self.serve(lit_api, worker_id, channel)
         except StopWorker:
             logger.debug("worker %s: stop requested", worker_id)
 

@@ -4,32 +4,37 @@ LitServe carries each request and each answer through its ``multiprocessing.Mana
 four pickled round trips through a third process per request. Here every (API server, worker)
 pair has two one-way pipes, made by the launcher before LitServe forks the API servers and
 spawns the workers (both inherit them): jobs one way, answers the other. A pipe has exactly one
-writer and one reader, so no lock is shared that a killed process could leave held, and a
-worker's pipes outlive it: jobs it had not read go to its replacement.
+writer and one reader, so no lock is shared that a killed process could leave held.
 
-The cost is per batch, not per request. An API server's sender thread writes everything that
-accumulated for a worker while it was writing as one message; a worker answers each API server
-once per forward (:meth:`PipeWorkerChannel.flush`) with every answer for it. Messages are
-pickled by ``Connection.send`` and read only by our own processes from pipes nobody else can
-open; nothing a client sends is ever unpickled (its bytes arrive as already-validated values).
+The cost is per batch, not per request: an API server writes everything that accumulated for a
+worker during one turn of its event loop as one message; a worker answers each API server once
+per forward (:meth:`PipeWorkerChannel.flush`) with every answer for it. Messages are pickled and
+read only by our own processes from pipes nobody else can open; nothing a client sends is ever
+unpickled (its bytes arrive as already-validated values).
+
+A worker that dies takes its pipes with it: the launcher makes new ones for its replacement
+(:meth:`PipeSet.renew`) and hands each API server its ends over a control socket, with a
+:class:`WorkerReplaced` notice. The API server side lives in :mod:`service.runtime.routing`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import array
 import logging
 import os
-import threading
-from collections import deque
+import pickle
+import socket
 from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from service.core.ids import new_id
-from service.core.messages import Answer, Envelope, Job, Mailbox
+from service.core.messages import Answer, Envelope, WorkerReady
 
 logger = logging.getLogger("service.runtime")
+
+CONTROL_MESSAGE_BYTES = 4096  # a notice is a few dozen bytes
+NOTICE_TIMEOUT = 5.0  # seconds the launcher waits for an API server to take a notice
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ class WorkerPipes:
     jobs: tuple[Connection, ...]
     answers: tuple[Connection, ...]
 
+    def close(self) -> None:
+        for conn in (*self.jobs, *self.answers):
+            conn.close()
+
 
 @dataclass(frozen=True)
 class ServerPipes:
@@ -47,34 +56,154 @@ class ServerPipes:
     jobs: Connection  # written by the API server
     answers: Connection  # read by the API server
 
+    def close(self) -> None:
+        self.jobs.close()
+        self.answers.close()
+
+
+@dataclass(frozen=True)
+class WorkerReplaced:
+    """A control notice: worker ``index`` of ``model`` died; generation ``generation`` replaces it.
+    Its new pipe ends travel with the notice (jobs to write, answers to read)."""
+
+    model: str
+    index: int
+    generation: int
+
+
+class WorkerPipesTable:
+    """A model's current worker pipes by index; pickled (into each spawned worker) with the open
+    ones only, since a replaced worker's old ends are closed."""
+
+    def __init__(self, pipes: dict[int, WorkerPipes]) -> None:
+        self._pipes = pipes
+
+    def __getitem__(self, index: int) -> WorkerPipes:
+        return self._pipes[index]
+
+    def __setitem__(self, index: int, pipes: WorkerPipes) -> None:
+        self._pipes[index] = pipes
+
+    def __len__(self) -> int:
+        return len(self._pipes)
+
+    def __iter__(self) -> Any:
+        return iter(self._pipes[index] for index in sorted(self._pipes))
+
+    def others(self, index: int) -> list[WorkerPipes]:
+        return [pipes for i, pipes in self._pipes.items() if i != index]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        current = {
+            index: pipes for index, pipes in self._pipes.items() if not any(c.closed for c in pipes.jobs)
+        }
+        return (WorkerPipesTable, (current,))
+
+
+def _pair(api_servers: int) -> tuple[WorkerPipes, list[ServerPipes]]:
+    job_ends, answer_ends, server_ends = [], [], []
+    for _ in range(api_servers):
+        job_read, job_write = Pipe(duplex=False)
+        answer_read, answer_write = Pipe(duplex=False)
+        job_ends.append(job_read)
+        answer_ends.append(answer_write)
+        server_ends.append(ServerPipes(job_write, answer_read))
+    return WorkerPipes(tuple(job_ends), tuple(answer_ends)), server_ends
+
 
 class PipeSet:
-    """Every pipe of the service, made once in the launcher (so every process inherits them)."""
+    """Every pipe of the service, made in the launcher (so every process inherits them), and one
+    control socket per API server on which the launcher announces replaced workers."""
 
     def __init__(self, workers: dict[str, int], api_servers: int) -> None:
         self.api_servers = api_servers
-        self.workers: dict[str, tuple[WorkerPipes, ...]] = {}
-        # api server -> model -> one ServerPipes per worker index
-        self.servers: list[dict[str, tuple[ServerPipes, ...]]] = [{} for _ in range(api_servers)]
+        self.owner = os.getpid()  # the launcher
+        self.workers: dict[str, WorkerPipesTable] = {}
+        # api server -> model -> ServerPipes per worker index, as each API server inherits them
+        self.servers: list[dict[str, list[ServerPipes]]] = [{} for _ in range(api_servers)]
+        self.generations: dict[tuple[str, int], int] = {}
         for model, count in workers.items():
-            per_worker: list[WorkerPipes] = []
-            per_server: list[list[ServerPipes]] = [[] for _ in range(api_servers)]
-            for _ in range(count):
-                job_ends, answer_ends = [], []
-                for server in range(api_servers):
-                    job_read, job_write = Pipe(duplex=False)
-                    answer_read, answer_write = Pipe(duplex=False)
-                    job_ends.append(job_read)
-                    answer_ends.append(answer_write)
-                    per_server[server].append(ServerPipes(job_write, answer_read))
-                per_worker.append(WorkerPipes(tuple(job_ends), tuple(answer_ends)))
-            self.workers[model] = tuple(per_worker)
+            table: dict[int, WorkerPipes] = {}
             for server in range(api_servers):
-                self.servers[server][model] = tuple(per_server[server])
+                self.servers[server][model] = []
+            for index in range(count):
+                table[index], server_ends = _pair(api_servers)
+                for server, ends in enumerate(server_ends):
+                    self.servers[server][model].append(ends)
+                self.generations[(model, index)] = 0
+            self.workers[model] = WorkerPipesTable(table)
+        # (launcher end, API server end); SOCK_SEQPACKET keeps each notice one message
+        self.control = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(api_servers)]
 
-    def answer(self, model: str, worker: int, reply_to: int, uid: str, answer: Answer) -> None:
-        """Answer as ``worker`` would have (the launcher, for requests a dead worker held)."""
-        self.workers[model][worker].answers[reply_to].send([(uid, answer)])
+    def __enter__(self) -> PipeSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this process's ends of every pipe and control socket."""
+        for table in self.workers.values():
+            for pipes in table:
+                pipes.close()
+        for per_model in self.servers:
+            for ends in per_model.values():
+                for server_ends in ends:
+                    server_ends.close()
+        for launcher_end, server_end in self.control:
+            launcher_end.close()
+            server_end.close()
+
+    def renew(self, model: str, index: int) -> int:
+        """New pipes for worker ``index`` of ``model`` (its process died): the old ones may hold
+        half a message. Each API server gets its new ends with a :class:`WorkerReplaced` notice;
+        the replacement worker gets its ends when it is spawned. Returns the new generation."""
+        generation = self.generations[(model, index)] + 1
+        self.generations[(model, index)] = generation
+        old = self.workers[model][index]
+        pipes, server_ends = _pair(self.api_servers)
+        self.workers[model][index] = pipes
+        old.close()
+        notice = pickle.dumps(WorkerReplaced(model, index, generation))
+        for server, ends in enumerate(server_ends):
+            previous = self.servers[server][model][index]
+            self.servers[server][model][index] = ends
+            previous.close()
+            launcher_end = self.control[server][0]
+            fds = array.array("i", [ends.jobs.fileno(), ends.answers.fileno()])
+            try:
+                launcher_end.settimeout(NOTICE_TIMEOUT)
+                launcher_end.sendmsg([notice], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            except OSError:
+                logger.exception(
+                    "could not tell API server %d that %s worker %d was replaced", server, model, index
+                )
+            # the API server holds its own copies now (the notice carries them)
+            ends.close()
+        return generation
+
+
+def receive_notice(control: socket.socket) -> tuple[WorkerReplaced, ServerPipes] | None:
+    """One :class:`WorkerReplaced` notice and its pipe ends, or None when none is waiting."""
+    try:
+        data, ancillary, _, _ = control.recvmsg(
+            CONTROL_MESSAGE_BYTES, socket.CMSG_SPACE(2 * array.array("i").itemsize), socket.MSG_DONTWAIT
+        )
+    except (BlockingIOError, InterruptedError):
+        return None
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    notice = pickle.loads(data)
+    assert isinstance(notice, WorkerReplaced)
+    jobs = Connection(fds[0], readable=False, writable=True)
+    answers = Connection(fds[1], readable=True, writable=False)
+    return notice, ServerPipes(jobs, answers)
 
 
 class PipeWorkerChannel:
@@ -84,6 +213,11 @@ class PipeWorkerChannel:
         self._jobs = list(pipes.jobs)
         self._answers = pipes.answers
         self._outbox: dict[int, list[tuple[str, Answer]]] = {}
+
+    def announce(self) -> None:
+        """Tell every API server that this worker is ready for jobs (:class:`WorkerReady`)."""
+        for conn in self._answers:
+            conn.send(WorkerReady(os.getpid()))
 
     def receive(self, timeout: float) -> list[Envelope]:
         """Every job already waiting, after waiting up to ``timeout`` seconds for the first (0:
@@ -104,115 +238,6 @@ class PipeWorkerChannel:
         outbox, self._outbox = self._outbox, {}
         for reply_to, answers in outbox.items():
             self._answers[reply_to].send(answers)
-
-
-class PipeMailbox:
-    """One request's answers in an API server."""
-
-    def __init__(self, uid: str, channel: PipeRequestChannel) -> None:
-        self._uid = uid
-        self._channel = channel
-        self._answers: deque[Answer] = deque()
-        self._arrived = asyncio.Event()
-        self.worker: tuple[str, int] | None = None  # (model, worker index) once sent
-
-    @property
-    def uid(self) -> str:
-        return self._uid
-
-    def deliver(self, answer: Answer) -> None:
-        self._answers.append(answer)
-        self._arrived.set()
-
-    async def receive(self) -> Answer:
-        while not self._answers:
-            self._arrived.clear()
-            await self._arrived.wait()
-        return self._answers.popleft()
-
-    def close(self) -> None:
-        self._channel.forget(self)
-
-
-class PipeRequestChannel:
-    """An API server's side (:class:`service.core.messages.RequestChannel`).
-
-    Made in the launcher; its threads start in each API server at the first request (threads do
-    not survive the fork). A job goes to the worker of its model with the fewest of this
-    server's requests outstanding."""
-
-    def __init__(self, pipes: PipeSet, server_index: Any) -> None:
-        self._pipes = pipes
-        self._server_index = server_index  # () -> this API server's index, read after the fork
-        self._pid = -1
-        self._mailboxes: dict[str, PipeMailbox] = {}
-        self._outstanding: dict[str, list[int]] = {}
-        self._outgoing: dict[tuple[str, int], list[Envelope]] = {}
-        self._wake = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ends: dict[str, tuple[ServerPipes, ...]] = {}
-        self._index = 0
-
-    def _start(self) -> None:
-        self._pid = os.getpid()
-        self._loop = asyncio.get_running_loop()
-        self._index = int(self._server_index())
-        self._ends = self._pipes.servers[self._index]
-        self._outstanding = {model: [0] * len(ends) for model, ends in self._ends.items()}
-        for target, name in ((self._send_loop, "pipe-send"), (self._receive_loop, "pipe-receive")):
-            threading.Thread(target=target, name=name, daemon=True).start()
-
-    def open(self) -> PipeMailbox:
-        if self._pid != os.getpid():
-            self._start()
-        mailbox = PipeMailbox(new_id(), self)
-        self._mailboxes[mailbox.uid] = mailbox
-        return mailbox
-
-    async def put(self, model: str, mailbox: Mailbox, job: Job) -> None:
-        counts = self._outstanding[model]
-        worker = min(range(len(counts)), key=counts.__getitem__)
-        counts[worker] += 1
-        assert isinstance(mailbox, PipeMailbox)
-        mailbox.worker = (model, worker)
-        with self._wake:
-            self._outgoing.setdefault((model, worker), []).append(Envelope(self._index, mailbox.uid, job))
-            self._wake.notify()
-
-    def forget(self, mailbox: PipeMailbox) -> None:
-        if self._mailboxes.pop(mailbox.uid, None) is not None and mailbox.worker is not None:
-            model, worker = mailbox.worker
-            self._outstanding[model][worker] -= 1
-
-    def _deliver(self, answers: list[tuple[str, Answer]]) -> None:
-        for uid, answer in answers:
-            mailbox = self._mailboxes.get(uid)
-            if mailbox is not None:  # else: the request was answered already (504) and forgotten
-                mailbox.deliver(answer)
-
-    def _send_loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._outgoing:
-                    self._wake.wait()
-                outgoing, self._outgoing = self._outgoing, {}
-            for (model, worker), envelopes in outgoing.items():
-                try:
-                    self._ends[model][worker].jobs.send(envelopes)
-                except (OSError, ValueError):  # only if the launcher is gone: the server is stopping
-                    logger.exception("could not send %d jobs to %s worker %d", len(envelopes), model, worker)
-
-    def _receive_loop(self) -> None:
-        assert self._loop is not None
-        readers = [ends.answers for per_model in self._ends.values() for ends in per_model]
-        while readers:
-            for conn in _ready(readers, None):
-                try:
-                    answers: list[tuple[str, Answer]] = conn.recv()
-                except (EOFError, OSError):
-                    readers.remove(conn)
-                    continue
-                self._loop.call_soon_threadsafe(self._deliver, answers)
 
 
 def _ready(connections: list[Connection], timeout: float | None) -> list[Connection]:

@@ -5,23 +5,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
+from multiprocessing.connection import wait
 from typing import Any
 
 from service import metrics
 from service.api.state import ServiceState
-from service.core.messages import Failure
-from service.core.spool import batch_ledger_path, read_batch_ledger
 from service.runtime.litserve import LitServeRuntime, worker_key
 
 logger = logging.getLogger("service.supervisor")
 
 
 class WorkerMonitor:
-    """Replaces LitServe's worker monitor. A worker that dies is replaced without restarting
-    the server; the requests it was computing (its batch ledger) get a 503 at once; readiness
-    shows the gap; ``inference_worker_restarts_total`` counts it. A worker that keeps failing
-    at start-up stops the server with a non-zero status and the cause, instead of looping.
+    """Replaces LitServe's worker monitor. A worker that dies is seen the moment its process
+    ends (its sentinel), and replaced without restarting the server: new pipes first, so that
+    every API server sends what the dead worker held to another worker at once
+    (:mod:`service.runtime.routing`), then a new process; readiness shows the gap;
+    ``inference_worker_restarts_total`` counts it. A worker that keeps failing at start-up stops
+    the server with a non-zero status and the cause, instead of looping.
+
+    A worker that is alive but stuck (stopped, or in an endless forward) is not replaced: its
+    process is not dead, and a long forward looks the same. Its requests are answered 504 at
+    their deadline, and the API servers route new ones around it (it has the most outstanding).
 
     ``serving`` is set here once every worker reported ready (the drain reads it)."""
 
@@ -35,6 +39,7 @@ class WorkerMonitor:
         self.serving = serving
         self.interval = interval
         self.failure: str | None = None
+        self._idle = threading.Event()  # never set: a sleep until the next check
         self.start_failures: dict[tuple[str, int], int] = {}
         # (lit_api, model, worker index) per process slot
         self.slots: list[tuple[Any, str, int]] = [
@@ -47,7 +52,12 @@ class WorkerMonitor:
     def _run(self) -> None:
         try:
             while not self.state.shutting_down.value:
-                time.sleep(self.interval)
+                # wakes the moment a worker process ends, else every interval (readiness, start-up)
+                sentinels = [p.sentinel for p in self.runtime.worker_processes() if p.exitcode is None]
+                if sentinels:
+                    wait(sentinels, self.interval)
+                else:
+                    self._idle.wait(self.interval)
                 self._check()
         except Exception:  # the monitor must never die silently
             logger.exception("worker monitor failed")
@@ -71,12 +81,13 @@ class WorkerMonitor:
                 continue
             if process.exitcode is None:
                 process.join(timeout=5)
+            # before anything else: the API servers re-send what it held as soon as they know
+            self.runtime.renew_pipes(model, index)
             started = status.get(key) == "ready"
             cause = f"exit status {process.exitcode}" if started else "failed to start (see its error above)"
             logger.error("model %s worker %d (pid %s) died: %s", model, index, process.pid, cause)
             if process.pid is not None:
                 metrics.mark_process_dead(process.pid)
-            self._fail_in_flight(model, index)
             if not started:
                 failures = self.start_failures.get((model, index), 0) + 1
                 self.start_failures[(model, index)] = failures
@@ -91,13 +102,6 @@ class WorkerMonitor:
             metrics.WORKER_RESTARTS.labels(model).inc()
             replacement = self.runtime.relaunch_worker(slot, api, index)
             logger.info("model %s worker %d replaced (pid %s)", model, index, replacement.pid)
-
-    def _fail_in_flight(self, model: str, index: int) -> None:
-        ledger = batch_ledger_path(self.state.spool_dir, model, index)
-        failure = Failure(503, f"the inference worker for {model!r} died while computing this request; retry")
-        for reply_to, uid in read_batch_ledger(ledger):
-            self.runtime.send_answer(model, index, reply_to, uid, failure)
-        ledger.unlink(missing_ok=True)
 
 
 def reap_children(timeout: float = 5.0) -> None:

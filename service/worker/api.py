@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
 
         # The launcher orchestrates shutdown: a terminal's Ctrl-C must not kill workers mid-batch.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _thread_local_progress_lock()
         if not self.config.metrics:
             metrics.disable()
         started = time.perf_counter()
@@ -111,3 +113,14 @@ def warmup_input(spec: ModelSpec) -> Any:
     if spec.inputs.kind == "vector":
         return [0.0] * (spec.inputs.dim or 1)
     return "warm-up"
+
+
+def _thread_local_progress_lock() -> None:
+    """Progress bars (transformers' "Loading weights") lock with a threading lock here. tqdm's
+    default is a multiprocessing lock, a named semaphore that a worker stopped by a signal never
+    unlinks: every shutdown would end with resource_tracker's "leaked semaphore" warning."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - not installed: nothing to lock
+        return
+    tqdm.set_lock(threading.RLock())

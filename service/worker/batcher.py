@@ -35,7 +35,6 @@ worker's pipes after waiting up to ``t`` seconds for the first; see service.work
         forward = scheduler.next_forward(cancelled=cancel_markers.current())
         if forward is None:
             continue
-        ledger.record(scheduler.uids())                   # everything a crash would leave hanging
         try:
             outputs = session.run(forward.inputs)
         except Exception as exc:
@@ -43,7 +42,6 @@ worker's pipes after waiting up to ``t`` seconds for the first; see service.work
         else:
             scheduler.complete(forward, outputs)
         flush()                                           # one answer message per API server
-        ledger.clear() when scheduler.idle
 
 ``add_predict(uid, inputs, deadline=job.deadline, on_done=send 200, on_error=send
 status_of(exc))`` where :class:`Dropped` carries the status (504 deadline, 499 cancelled) and

@@ -6,8 +6,8 @@ otherwise drives a :class:`service.worker.batcher.Scheduler`: predict requests a
 length-aware forwards (under ``max_batch_size`` and ``max_batch_tokens``), file jobs are
 low-priority sources that top those forwards up and take turns, so a predict sent during a
 file waits about one forward. Requests whose deadline cannot be met, or whose client went away,
-are dropped before they reach the model. Every request and file the worker holds is in its
-batch ledger while a forward runs, so a worker that dies leaves none of them hanging.
+are dropped before they reach the model. If the worker dies, the API servers send again what
+they had sent it (:mod:`service.runtime.routing`): nothing here needs to be recorded for that.
 
 It talks to the API servers only through :class:`WorkerChannel`'s ``receive``, ``send`` and
 ``flush``: answers are buffered and delivered at each flush (after each forward, or before it
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.core.messages import Answer, Envelope, Failure, FileJob, PredictJob, PredictResult
-from service.core.spool import BatchLedger, CancelMarkers, batch_ledger_path
+from service.core.spool import CancelMarkers
 from service.runtime.litserve import WorkerChannel, WorkerLoop
 from service.worker.batcher import CostFunction, Dropped, Limits, Scheduler, cost_function, unit_costs
 from service.worker.filejobs import FileJobSource, FormatError
@@ -57,16 +57,12 @@ class BatchingLoop(WorkerLoop):
         self.batch_size = metrics.BATCH_SIZE.labels(config.model)
         self.batch_tokens = metrics.BATCH_PADDED_TOKENS.labels(config.model)
         self.cancels = CancelMarkers(config.spool_dir)
-        self.ledger = BatchLedger(
-            batch_ledger_path(config.spool_dir, config.model, worker_id) if config.spool_dir else None
-        )
         cost = cost_function(self.session.model)
         self.counts_tokens = cost is not unit_costs  # a model with costs() reports them as tokens
         self.limits = Limits(config.max_batch_size, config.max_batch_tokens)
         self.scheduler = Scheduler(
             self.limits, cost=_logged(cost, self.model), batch_timeout=config.batch_timeout
         )
-        self.reply_to: dict[str, int] = {}  # uid -> where to answer, for what the scheduler holds
         self.arrived: dict[str, float] = {}  # uid -> arrival, until its first forward starts
         self.files: dict[str, FileJobSource] = {}
         self.unflushed = False
@@ -103,16 +99,12 @@ class BatchingLoop(WorkerLoop):
         forward = scheduler.next_forward(self.cancels.current())
         self._flush()  # answers given without a forward (dropped requests, a finished file)
         if forward is None:
-            if scheduler.idle:
-                self.ledger.clear()
             return
         started = time.monotonic()
         for uid in forward.uids:
             arrived = self.arrived.pop(uid, None)
             if arrived is not None:  # the first forward of this request or file
                 self.queue_seconds.observe(max(0.0, started - arrived))
-        # everything the scheduler holds: what a crash of this worker would leave unanswered
-        self.ledger.record([(self.reply_to[uid], uid) for uid in scheduler.uids() if uid in self.reply_to])
         # all cores when alone, a share while a peer computes, fewer while overloaded
         self.threads.update(scheduler.waiting_inputs(), self.computing.peers_active())
         try:
@@ -127,8 +119,6 @@ class BatchingLoop(WorkerLoop):
             self.batch_tokens.observe(forward.padded_cost)
             scheduler.complete(forward, outputs)
         self._flush()
-        if scheduler.idle:
-            self.ledger.clear()
         self.memory.sample()
 
     # --- adding work ----------------------------------------------------------------------
@@ -142,7 +132,7 @@ class BatchingLoop(WorkerLoop):
                 self._add_predict(envelope.reply_to, envelope.uid, job)
 
     def _add_predict(self, reply_to: int, uid: str, job: PredictJob) -> None:
-        self.reply_to[uid], self.arrived[uid] = reply_to, job.arrived
+        self.arrived[uid] = job.arrived
         self.scheduler.add_predict(
             uid,
             job.inputs,
@@ -173,7 +163,7 @@ class BatchingLoop(WorkerLoop):
             logger.exception("model %s: cannot open a file job", self.model)
             self._send(reply_to, uid, Failure(500, f"cannot read the file: {type(exc).__name__}"))
             return
-        self.reply_to[uid], self.arrived[uid] = reply_to, job.arrived
+        self.arrived[uid] = job.arrived
         self.files[uid] = source
         self.scheduler.add_file(source)
 
@@ -196,7 +186,6 @@ class BatchingLoop(WorkerLoop):
         self._forget(source.uid)
 
     def _forget(self, uid: str) -> None:
-        self.reply_to.pop(uid, None)
         self.arrived.pop(uid, None)
 
     def _send(self, reply_to: int, uid: str, answer: Answer) -> None:

@@ -26,7 +26,7 @@ def files_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def spool_files(server: ServerProcess) -> list[Path]:
-    """Upload spool files (the workers/ folder holds each worker's batch ledger, not uploads)."""
+    """Upload spool files."""
     return [path for path in server.spool.iterdir() if path.is_file()]  # type: ignore[attr-defined]
 
 

@@ -347,9 +347,7 @@ def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def spool_dir(server: ServerProcess) -> Path:
-    from service.core.spool import default_spool_dir
-
-    return default_spool_dir(server.port)
+    return server.spool_dir
 
 
 # --- oversized bodies: 413 before the body is read -----------------------------------------------

@@ -15,8 +15,8 @@ from service.settings import load_settings
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    settings = load_settings(serve=["reference"])
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = load_settings(serve=["reference"], spool_dir=tmp_path_factory.mktemp("spool"))
     server, _state = build_server(settings, ModelRepository(settings.repository))
     with wrap_litserve_start(server) as started, TestClient(started.app) as test_client:
         deadline = time.monotonic() + 60

@@ -37,6 +37,7 @@ class MemoryMailbox:
         self._channel = channel
         self._answers: asyncio.Queue[Answer] = asyncio.Queue()
         self.closed = False
+        self.abandoned = False
 
     @property
     def uid(self) -> str:
@@ -48,6 +49,9 @@ class MemoryMailbox:
     def close(self) -> None:
         self.closed = True
         self._channel.open_mailboxes.pop(self._uid, None)
+
+    def abandon(self) -> None:
+        self.abandoned = True
 
     def deliver(self, answer: Answer) -> None:
         self._answers.put_nowait(answer)
@@ -72,6 +76,9 @@ class MemoryChannel:
         if self.fail_put:
             raise ConnectionError("queue is gone")
         self.jobs.append((model, mailbox, job))
+
+    def ready_workers(self) -> dict[str, int]:
+        return {MODEL: 1}
 
 
 @dataclass
@@ -216,6 +223,7 @@ def test_a_504_whose_answer_never_comes_is_released_after_the_linger(tmp_path: P
     [
         (Failure(500, "model error: RuntimeError"), 500),
         (Failure(503, "the inference worker died"), 503),
+        (Failure(503, "no live worker", retry_after=True), 503),
         (Failure(499, "client closed the request"), 499),
         (FileProgress(10), 503),  # not an answer to a predict job
     ],
@@ -231,6 +239,7 @@ def test_a_worker_failure_becomes_its_status(tmp_path: Path, failure: Answer, st
         assert error.status == status
         if isinstance(failure, Failure):
             assert error.message == failure.message
+            assert error.headers == ({"Retry-After": "1"} if failure.retry_after else {})
         assert model.inflight.value == 0 and not channel.open_mailboxes
 
     run(scenario)
@@ -248,6 +257,7 @@ def test_a_client_that_goes_away_leaves_a_cancel_marker_until_the_worker_drops_i
         marker = tmp_path / f"{mailbox.uid}.cancel"
         await until(marker.exists)
         assert model.inflight.value == 1  # the job still holds its queue slot
+        assert mailbox.abandoned  # should its worker die, it is not sent again
         mailbox.deliver(Failure(499, "client closed the request"))
         error = await error_of(task)
         assert error.status == 499

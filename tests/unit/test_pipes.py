@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from service.core.messages import Envelope, Failure, PredictJob, PredictResult
-from service.runtime.pipes import PipeRequestChannel, PipeSet, PipeWorkerChannel, WorkerPipes
+from service.core.messages import Envelope, PredictJob, PredictResult
+from service.runtime.pipes import PipeSet, PipeWorkerChannel, WorkerPipes
+from service.runtime.routing import PipeRequestChannel
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def make_pipes() -> Iterator[Callable[..., PipeSet]]:
+    """PipeSets that are closed after the test (their control sockets included)."""
+    made: list[PipeSet] = []
+
+    def make(workers: dict[str, int], api_servers: int) -> PipeSet:
+        made.append(PipeSet(workers, api_servers))
+        return made[-1]
+
+    yield make
+    for pipes in made:
+        pipes.close()
 
 
 def echo_worker(pipes: WorkerPipes, total: int) -> None:
     """A worker that answers ``total`` jobs with their inputs doubled, one flush per receive."""
     channel = PipeWorkerChannel(pipes)
+    channel.announce()
     answered = 0
     while answered < total:
         envelopes = channel.receive(5.0)
@@ -31,8 +48,8 @@ def job(*inputs: Any) -> PredictJob:
     return PredictJob(list(inputs), arrived=0.0, deadline=1e12)
 
 
-def test_pipe_set_has_one_pair_of_pipes_per_api_server_and_worker() -> None:
-    pipes = PipeSet({"a": 2, "b": 1}, api_servers=3)
+def test_pipe_set_has_one_pair_of_pipes_per_api_server_and_worker(make_pipes: Callable[..., PipeSet]) -> None:
+    pipes = make_pipes({"a": 2, "b": 1}, api_servers=3)
     assert [len(w.jobs) for w in pipes.workers["a"]] == [3, 3]
     assert len(pipes.workers["b"]) == 1
     assert [len(server["a"]) for server in pipes.servers] == [2, 2, 2]
@@ -42,8 +59,10 @@ def test_pipe_set_has_one_pair_of_pipes_per_api_server_and_worker() -> None:
     assert channel.receive(1.0) == [Envelope(1, "u", job(1))]
 
 
-def test_worker_takes_everything_waiting_in_one_receive_and_answers_once_per_server() -> None:
-    pipes = PipeSet({"m": 1}, api_servers=2)
+def test_worker_takes_everything_waiting_in_one_receive_and_answers_once_per_server(
+    make_pipes: Callable[..., PipeSet],
+) -> None:
+    pipes = make_pipes({"m": 1}, api_servers=2)
     for server in (0, 1):
         pipes.servers[server]["m"][0].jobs.send([Envelope(server, f"{server}-{i}", job(i)) for i in range(3)])
     worker = PipeWorkerChannel(pipes.workers["m"][0])
@@ -62,8 +81,8 @@ def test_worker_takes_everything_waiting_in_one_receive_and_answers_once_per_ser
         assert not conn.poll()  # one message per API server
 
 
-def test_requests_round_trip_through_a_spawned_worker() -> None:
-    pipes = PipeSet({"m": 1}, api_servers=1)
+def test_requests_round_trip_through_a_spawned_worker(make_pipes: Callable[..., PipeSet]) -> None:
+    pipes = make_pipes({"m": 1}, api_servers=1)
     process = mp.get_context("spawn").Process(target=echo_worker, args=(pipes.workers["m"][0], 21))
     process.start()
     try:
@@ -93,24 +112,22 @@ def test_requests_round_trip_through_a_spawned_worker() -> None:
     assert process.exitcode == 0
 
 
-def test_launcher_can_answer_for_a_dead_worker() -> None:
-    pipes = PipeSet({"m": 2}, api_servers=2)
-    pipes.answer("m", 1, 1, "uid", Failure(503, "worker died"))
-    assert pipes.servers[1]["m"][1].answers.recv() == [("uid", Failure(503, "worker died"))]
-
-
-def test_jobs_go_to_the_worker_with_the_fewest_outstanding() -> None:
-    pipes = PipeSet({"m": 2}, api_servers=1)
+def test_jobs_go_to_the_worker_with_the_fewest_outstanding(make_pipes: Callable[..., PipeSet]) -> None:
+    pipes = make_pipes({"m": 2}, api_servers=1)
 
     async def scenario() -> None:
         channel = PipeRequestChannel(pipes, lambda: 0)
         first, second, third = channel.open(), channel.open(), channel.open()
         await channel.put("m", first, job(1))
         await channel.put("m", second, job(2))
-        assert {first.worker, second.worker} == {("m", 0), ("m", 1)}
+        assert first.link is not None and second.link is not None
+        assert {first.link.index, second.link.index} == {0, 1}
+        assert first.link is not second.link
+        link = first.link
         first.close()  # its worker now has nothing outstanding: it gets the next job
         await channel.put("m", third, job(3))
-        assert third.worker == first.worker
+        assert third.link is link
+        await asyncio.sleep(0)  # the jobs are written at the end of this turn of the loop
 
     asyncio.run(scenario())
     received = [PipeWorkerChannel(w).receive(5.0) for w in pipes.workers["m"]]
