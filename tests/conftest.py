@@ -7,22 +7,22 @@ before any test module imports the service.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    import atexit
-    import shutil
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inference-test-metrics-")
-    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess  # imports no part of the service (nor prometheus_client)
+
+# what was in the temp directory before the run: the run must leave nothing of ours beside it
+_SCRATCH_BEFORE = {p.name for p in Path(tempfile.gettempdir()).glob("inference-*")}
+_OWN_METRICS_DIR = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="inference-test-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +32,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
         if parts and parts[0] in ("unit", "integration", "e2e"):
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if it left entries of ours in the temp directory (servers, fixtures)."""
+    if _OWN_METRICS_DIR is not None:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
+    left = sorted(
+        p.name for p in Path(tempfile.gettempdir()).glob("inference-*") if p.name not in _SCRATCH_BEFORE
+    )
+    if left and session.config.getoption("collectonly") is False and exitstatus == 0:
+        print(f"\nthe test run left these in {tempfile.gettempdir()}: {left}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

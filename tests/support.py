@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import psutil
 
+from service.core.scratch import remove_abandoned
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,11 +96,13 @@ class ServerUnderTest:
             self.env["PROMETHEUS_MULTIPROC_DIR"] = self._own_metrics_dir
         else:
             self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.log = tempfile.NamedTemporaryFile(prefix="inference-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log: Any = None  # the server's output file, from __enter__ until stop
         self.process: subprocess.Popen[bytes] | None = None
+        self.final_output = ""  # the log, read once the server stopped
         self.startup_s = float("nan")
 
     def __enter__(self) -> ServerUnderTest:
+        self.log = tempfile.NamedTemporaryFile(prefix="inference-server-", suffix=".log", delete=False)
         started = time.monotonic()
         self.process = subprocess.Popen(
             self.command,
@@ -138,6 +142,8 @@ class ServerUnderTest:
         raise TimeoutError(f"{self.command} not ready after {self.ready_timeout} s:\n{self.output()}")
 
     def output(self) -> str:
+        if self.log is None:
+            return ""
         with open(self.log.name, encoding="utf-8", errors="replace") as handle:
             return handle.read()[-8000:]
 
@@ -169,7 +175,8 @@ class ServerUnderTest:
         os.kill(self.pid, signum)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -180,8 +187,14 @@ class ServerUnderTest:
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=5)
-        with contextlib.suppress(OSError):
+        if self.log is not None and os.path.exists(self.log.name):  # stop may be called again
+            self.final_output = self.output()
             os.unlink(self.log.name)
+        if self.process.returncode == -signal.SIGKILL:  # killed: its folders are ours to remove
+            deadline = time.monotonic() + 10
+            while self.group_alive() and time.monotonic() < deadline:  # their locks go with the last
+                time.sleep(0.05)
+            remove_abandoned()
         if self._own_metrics_dir is not None:
             shutil.rmtree(self._own_metrics_dir, ignore_errors=True)
         return self.process.returncode
@@ -238,6 +251,7 @@ class ServerProcess(ServerUnderTest):
             # however it stopped (SIGTERM, SIGINT, an error), the service left nothing behind
             left = scratch_folders(self.process.pid)
             assert not left, f"the server left {left} in the temp directory"
+            assert "leaked semaphore" not in self.final_output, self.final_output[-2000:]
         return code
 
     @property

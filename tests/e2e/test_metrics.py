@@ -49,6 +49,7 @@ CONTRACT = {
     "inference_model_ready": "gauge",
     "inference_rejected_requests": "counter",
     "inference_worker_restarts": "counter",
+    "inference_requests_resent": "counter",
     "inference_file_records": "counter",
     "inference_file_bytes": "counter",
 }
@@ -195,6 +196,7 @@ def test_every_contract_family_is_exported_before_any_request(first_scrape: str)
     for reason in REASONS:
         assert value(parsed, "inference_rejected_requests_total", model=MODEL, reason=reason) == 0
     assert value(parsed, "inference_worker_restarts_total", model=MODEL) == 0
+    assert value(parsed, "inference_requests_resent_total", model=MODEL) == 0
     for histogram in ("inference_queue_duration_seconds", "inference_compute_duration_seconds"):
         assert value(parsed, f"{histogram}_count", model=MODEL) == 0
         assert value(parsed, f"{histogram}_bucket", model=MODEL, le="+Inf") == 0

@@ -289,15 +289,17 @@ def test_stopped_worker_costs_only_its_own_requests(tmp_path: Path) -> None:
 
 
 def test_a_killed_runs_folders_are_removed_at_the_next_start() -> None:
-    crashed = ServerProcess(serve=["reference"])
-    with crashed:
+    crashed = ServerProcess(serve=["reference"]).__enter__()
+    try:
         left = scratch_folders(crashed.pid)
         assert {p.name.split("-")[1] for p in left} == {"metrics", "spool"}
         os.killpg(crashed.pid, signal.SIGKILL)  # no clean-up can run
         assert crashed.process is not None
         crashed.process.wait(timeout=10)
         wait_until(lambda: crashed.group_alive() == [], "every process of the killed run to be gone")
-    assert all(path.exists() for path in left)
-    with ServerProcess(serve=["reference"]) as server:
-        assert not any(path.exists() for path in left)
-        assert server.post(PREDICT, VECTOR).status_code == 200
+        assert all(path.exists() for path in left)
+        with ServerProcess(serve=["reference"]) as server:
+            assert not any(path.exists() for path in left)
+            assert server.post(PREDICT, VECTOR).status_code == 200
+    finally:
+        crashed.stop()

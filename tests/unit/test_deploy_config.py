@@ -29,7 +29,14 @@ MAKEFILE = REPO / "Makefile"
 HAPROXY = REPO / "config" / "haproxy" / "haproxy.cfg"
 
 # The metrics contract of service/metrics.py, as the names appear in a scrape.
-_COUNTERS = ("requests", "rejected_requests", "worker_restarts", "file_records", "file_bytes")
+_COUNTERS = (
+    "requests",
+    "rejected_requests",
+    "worker_restarts",
+    "requests_resent",
+    "file_records",
+    "file_bytes",
+)
 _HISTOGRAMS = (
     "request_duration_seconds",
     "queue_duration_seconds",
@@ -236,6 +243,7 @@ def test_dashboard_queries_use_only_contract_metrics() -> None:
         "inference_model_load_duration_seconds",
         "inference_rejected_requests_total",
         "inference_worker_restarts_total",
+        "inference_requests_resent_total",
     }
     assert not required - used, f"no panel shows {sorted(required - used)}"
 
