@@ -105,6 +105,11 @@ REJECTED = Counter(
     "inference_rejected_requests", "Requests refused before reaching a model, by reason.", ["model", "reason"]
 )
 WORKER_RESTARTS = Counter("inference_worker_restarts", "Inference workers replaced after dying.", ["model"])
+FORWARD_RETRIES = Counter(
+    "inference_forward_retries",
+    "Forwards run again on fewer inputs because an input failed (each bad input fails alone).",
+    ["model"],
+)
 RESENT = Counter(
     "inference_requests_resent",
     "Requests sent again to another worker because the worker computing them died.",
@@ -138,6 +143,7 @@ def initialise_worker_labels(model: str) -> None:
     COMPUTE_DURATION.labels(model)
     BATCH_SIZE.labels(model)
     BATCH_PADDED_TOKENS.labels(model)
+    FORWARD_RETRIES.labels(model)
     FILE_BYTES.labels(model)
     for outcome in FILE_OUTCOMES:
         FILE_RECORDS.labels(model, outcome)
@@ -208,7 +214,7 @@ _METRIC_NAMES = (
     "REQUESTS", "REQUEST_DURATION", "QUEUE_DURATION", "COMPUTE_DURATION", "BATCH_SIZE", "BATCH_PADDED_TOKENS",
     "IN_FLIGHT",
     "WORKER_RSS", "WORKER_PEAK_RSS", "CUDA_ALLOCATED", "CUDA_RESERVED", "CUDA_MAX_ALLOCATED",
-    "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "RESENT", "FILE_RECORDS", "FILE_BYTES",
+    "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "RESENT", "FORWARD_RETRIES", "FILE_RECORDS", "FILE_BYTES",
 )  # fmt: skip
 
 

@@ -41,6 +41,10 @@ logger = logging.getLogger("service.api.dispatch")
 TIMEOUT_HEADER = "x-request-timeout"
 RETRY_AFTER = {"Retry-After": "1"}
 WORKER_FAILED = "the inference worker failed while handling this request; retry"
+MODEL_FAILED = (
+    "model {model!r} is out of service: its inference worker failed to start 3 times in a row "
+    "after the model had served; the other models are still served; see the server log, then restart"
+)
 
 
 class QueuedModel(Protocol):
@@ -51,6 +55,9 @@ class QueuedModel(Protocol):
 
     max_queue_size: int
     inflight: Any  # multiprocessing.Value("i"): requests admitted and not yet released, all API servers
+
+    @property
+    def out_of_service(self) -> bool: ...  # its workers keep failing: refuse with 503
 
 
 class Flag(Protocol):
@@ -135,12 +142,15 @@ class Dispatcher:
     def precheck(self, model: QueuedModel) -> None:
         """Refuse early, before the body is read and parsed, when the request could not be admitted."""
         self._refuse_when_shutting_down(model)
+        self._refuse_when_out_of_service(model)
         if model.inflight.value >= model.max_queue_size:
             self._refuse_queue_full(model)
 
     def admit(self, model: QueuedModel) -> None:
-        """Count the request in; 503 when shutting down or the model's queue is full."""
+        """Count the request in; 503 when shutting down, the model is out of service or its queue
+        is full."""
         self._refuse_when_shutting_down(model)
+        self._refuse_when_out_of_service(model)
         with model.inflight.get_lock():
             full = model.inflight.value >= model.max_queue_size
             if not full:
@@ -252,6 +262,10 @@ class Dispatcher:
         if self.shutting_down.value:
             metrics.REJECTED.labels(model.name, "shutting_down").inc()
             raise ApiError(503, "server is shutting down; retry on another replica", dict(RETRY_AFTER))
+
+    def _refuse_when_out_of_service(self, model: QueuedModel) -> None:
+        if model.out_of_service:
+            raise ApiError(503, MODEL_FAILED.format(model=model.name))
 
     def _refuse_queue_full(self, model: QueuedModel) -> None:
         metrics.REJECTED.labels(model.name, "queue_full").inc()

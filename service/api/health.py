@@ -20,7 +20,9 @@ async def live() -> Response:
 
 async def ready(request: Request) -> Response:
     """200 when every model is loaded and warmed in all its workers, and each of them told this
-    API server so; 503 before, during a worker's replacement, and while shutting down."""
+    API server so; 503 before, during a worker's replacement, and while shutting down. A model
+    out of service for good (its workers kept failing after it had served) is listed under
+    ``failed`` with why, and the answer is 200 ``degraded`` while every other model is ready."""
     state = service_state(request)
     models = state.readiness()
     # and this API server has heard from each of them, so that it can route to every one
@@ -30,8 +32,13 @@ async def ready(request: Request) -> Response:
     }
     if state.shutting_down.value or state.unready.value:
         return json_response({"status": "shutting down", "models": models}, 503)
+    failed = state.failures()
+    if failed:  # out of service for good: the other models are still served from this replica
+        serving = {name: ready for name, ready in models.items() if name not in failed}
+        if all(serving.values()):
+            return json_response({"status": "degraded", "models": models, "failed": failed})
     if not all(models.values()):
-        return json_response({"status": "not ready", "models": models}, 503)
+        return json_response({"status": "not ready", "models": models, "failed": failed}, 503)
     return json_response({"status": "ready", "models": models})
 
 

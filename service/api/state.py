@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from service import metrics
-from service.api.dispatch import Dispatcher
+from service.api.dispatch import MODEL_FAILED, Dispatcher
 from service.api.errors import ApiError
 from service.core.repository import ModelSpec
 from service.core.spool import default_spool_dir
@@ -41,10 +41,17 @@ class ModelRoute:
     max_batch_tokens: int | None  # padded tokens per forward (None: only max_batch_size caps it)
     inflight: Any  # multiprocessing.Value("i") shared by every API server process
     device: str
+    # multiprocessing.Value("b"): set by the launcher when the model's workers keep failing after it
+    # had served; its requests are then refused (503) while the other models are still served
+    failed: Any = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def out_of_service(self) -> bool:
+        return bool(self.failed is not None and self.failed.value)
 
 
 class WorkerStates(Protocol):
@@ -100,11 +107,23 @@ class ServiceState:
             for name, route in self.routes.items()
         }
 
+    def failures(self) -> dict[str, str]:
+        """The models out of service, with why."""
+        return {
+            name: MODEL_FAILED.format(model=name)
+            for name, route in self.routes.items()
+            if route.out_of_service
+        }
+
     def unready_reason(self) -> str | None:
         """Why the server is not ready (shutting down, or models still loading); None when it is."""
         if self.shutting_down.value or self.unready.value:
             return "server is shutting down"
-        waiting = [name for name, ready in self.readiness().items() if not ready]
+        waiting = [
+            name
+            for name, ready in self.readiness().items()
+            if not ready and not self.routes[name].out_of_service  # out of service: /health/ready says so
+        ]
         if waiting:
             return f"models not ready yet: {', '.join(waiting)}"
         return None

@@ -97,6 +97,8 @@ def _model_ready(request: Request, name: str, version: str | None) -> Response:
     state, route = served(request, name, version)
     if state.shutting_down.value or state.unready.value:
         return json_response({"error": "server is shutting down"}, 503)
+    if route.out_of_service:
+        return json_response({"error": state.failures()[route.name]}, 503)
     if not state.readiness().get(route.name, False):
         return json_response({"error": f"model {name!r} is not ready yet"}, 503)
     return json_response({"name": name, "ready": True})

@@ -45,6 +45,9 @@ class InputSpec(BaseModel):
     max_length: int = Field(10_000, ge=1)
     # vector: the exact number of floats each input must have
     dim: int | None = Field(None, ge=1)
+    # one input the worker warms the model up with before it is ready (default: derived from the
+    # kind: a short sentence, or a vector of zeros); declare one if the model checks its inputs
+    example: str | list[float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
@@ -52,7 +55,14 @@ class InputSpec(BaseModel):
             raise ValueError("min_items must not exceed max_items")
         if self.kind == "vector" and self.dim is None:
             raise ValueError("a vector input needs 'dim'")
+        if self.example is not None and not self._fits(self.example):
+            raise ValueError(f"'example' must be one valid {self.kind} input")
         return self
+
+    def _fits(self, value: str | list[float]) -> bool:
+        if self.kind == "text":
+            return isinstance(value, str) and 0 < len(value) <= self.max_length
+        return isinstance(value, list) and len(value) == self.dim
 
 
 class OutputSpec(BaseModel):

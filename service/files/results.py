@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from service.core.rejection import InputRejected
 from service.files.readers import Record, RecordBatches
 
 # error records held behind outputs not yet computed; past it take() pauses until they are written
@@ -97,7 +98,11 @@ class RecordSource:
         lines = []
         for output in outputs:
             record = self._held.popleft()
-            lines.append(format_record(record.line, record.id, output=output))
+            if isinstance(output, BaseException):  # the model failed on this record alone
+                lines.append(format_record(record.line, record.id, error=describe_failure(output)))
+                self.errors += 1
+            else:
+                lines.append(format_record(record.line, record.id, output=output))
             while self._held and self._held[0].error is not None:
                 error = self._held.popleft()
                 lines.append(format_record(error.line, error.id, error=error.error))
@@ -105,3 +110,11 @@ class RecordSource:
                 self.errors += 1
         self.records += len(lines)
         self._out.write(b"".join(lines))
+
+
+def describe_failure(error: BaseException) -> str:
+    """A record's error line for a model failure: the model's own words when it rejected the
+    input, else only the exception's type (its message may hold internals)."""
+    if isinstance(error, InputRejected):
+        return f"the model rejected this input: {error.message}"
+    return f"model error: {type(error).__name__}"

@@ -125,6 +125,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             max_batch_tokens=tokens,
             inflight=mp.Value("i", 0),
             device=settings.accelerator,
+            failed=mp.Value("b", 0),
         )
 
     server = create_server(apis, accelerator=settings.accelerator, workers_per_device=workers)

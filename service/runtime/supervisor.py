@@ -21,7 +21,8 @@ class WorkerMonitor:
     every API server sends what the dead worker held to another worker at once
     (:mod:`service.runtime.routing`), then a new process; readiness shows the gap;
     ``inference_worker_restarts_total`` counts it. A worker that keeps failing at start-up stops
-    the server with a non-zero status and the cause, instead of looping.
+    the server with a non-zero status and the cause, instead of looping, if the server never served;
+    after it has, only that model goes out of service (503 naming the cause), the others go on.
 
     A worker that is alive but stuck (stopped, or in an endless forward) is not replaced: its
     process is not dead, and a long forward looks the same. Its requests are answered 504 at
@@ -41,6 +42,7 @@ class WorkerMonitor:
         self.failure: str | None = None
         self._idle = threading.Event()  # never set: a sleep until the next check
         self.start_failures: dict[tuple[str, int], int] = {}
+        self.given_up: set[tuple[str, int]] = set()  # worker slots no longer replaced
         # (lit_api, model, worker index) per process slot
         self.slots: list[tuple[Any, str, int]] = [
             (api, api.config.model, index) for api, index in runtime.worker_slots()
@@ -75,6 +77,8 @@ class WorkerMonitor:
         for slot, process in enumerate(workers):
             api, model, index = self.slots[slot]
             key = worker_key(model, index)
+            if (model, index) in self.given_up:
+                continue
             if status.get(key) == "ready":
                 self.start_failures.pop((model, index), None)
             if process.exitcode is None and status.get(key) != "error":
@@ -91,6 +95,18 @@ class WorkerMonitor:
             if not started:
                 failures = self.start_failures.get((model, index), 0) + 1
                 self.start_failures[(model, index)] = failures
+                if failures >= self.MAX_START_FAILURES and self.serving.is_set():
+                    # it had served: a deployment that worked; the other models go on
+                    self.given_up.add((model, index))
+                    self.state.routes[model].failed.value = 1
+                    logger.error(
+                        "model %s worker %d failed to start %d times in a row; the model is out of "
+                        "service (503), the other models are still served",
+                        model,
+                        index,
+                        failures,
+                    )
+                    continue
                 if failures >= self.MAX_START_FAILURES:
                     self.failure = (
                         f"model {model} worker {index} failed to start {failures} times in a row; giving up"

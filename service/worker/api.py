@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service import metrics
-from service.core.repository import GradMode, ModelRepository, ModelSpec
+from service.core.rejection import InputRejected
+from service.core.repository import GradMode, ModelError, ModelRepository, ModelSpec
 from service.runtime.litserve import LitAPI, internal_path
 from service.worker.loop import BatchingLoop
 from service.worker.memory import MemoryReporter
@@ -86,7 +87,14 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
         self.spec = entry.spec
         model = entry.load(device)
         self.session = InferenceSession(model, self.config.grad_mode)
-        self.session.run([warmup_input(entry.spec)])
+        try:
+            outputs = self.session.run([warmup_input(entry.spec)])
+        except InputRejected as exc:
+            raise ModelError(
+                f"model {entry.spec.name} rejected its warm-up input ({exc.message}); "
+                "declare one it accepts as inputs.example in its model.yaml"
+            ) from exc
+        check_warmup(entry.spec, outputs)
         worker = os.environ.get("LITSERVE_WORKER_ID", "0")
         metrics.initialise_worker_labels(self.config.model)
         metrics.MODEL_LOAD_DURATION.labels(self.config.model).set(time.perf_counter() - started)
@@ -110,9 +118,36 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
 
 
 def warmup_input(spec: ModelSpec) -> Any:
+    """The input the model is warmed up with: its declared ``inputs.example``, else one derived
+    from its kind."""
+    if spec.inputs.example is not None:
+        return spec.inputs.example
     if spec.inputs.kind == "vector":
         return [0.0] * (spec.inputs.dim or 1)
-    return "warm-up"
+    return "A short sentence to warm the model up."
+
+
+def check_warmup(spec: ModelSpec, outputs: list[Any]) -> None:
+    """The warm-up's output must be what the model declares (``outputs.size`` floats), so that
+    a mismatch stops the start-up naming the model instead of failing requests later."""
+    size = spec.outputs.size
+    if size is None:
+        return
+    (output,) = outputs
+    if not (
+        isinstance(output, list | tuple)
+        and len(output) == size
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in output)
+    ):
+        shape = (
+            f"{type(output).__name__} of {len(output)}"
+            if isinstance(output, list | tuple)
+            else type(output).__name__
+        )
+        raise ModelError(
+            f"model {spec.name}: its warm-up output is a {shape}, but model.yaml declares "
+            f"outputs.size {size} (a list of {size} numbers per input)"
+        )
 
 
 def _thread_local_progress_lock() -> None:

@@ -338,7 +338,8 @@ class Scheduler:
         return forward
 
     def complete(self, forward: Forward, outputs: Sequence[Any]) -> None:
-        """Route a forward's outputs (one per input, in order) to their owners."""
+        """Route a forward's outputs (one per input, in order) to their owners. An output that is
+        an exception fails its request; in a file it becomes that record's error line."""
         if len(outputs) != len(forward):
             self.fail(
                 forward, RuntimeError(f"model returned {len(outputs)} outputs for {len(forward)} inputs")
@@ -351,6 +352,9 @@ class Scheduler:
             if owner.closed:
                 continue
             if isinstance(owner, _Request):
+                if isinstance(output, BaseException):  # this input failed alone: so does its request
+                    self._error_request(owner, output)
+                    continue
                 owner.outputs[slot.position] = output
                 owner.remaining -= 1
                 if owner.remaining == 0:

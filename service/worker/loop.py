@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.core.messages import Answer, Envelope, Failure, FileJob, PredictJob, PredictResult
+from service.core.rejection import InputRejected
 from service.core.spool import CancelMarkers
 from service.runtime.litserve import WorkerChannel, WorkerLoop
 from service.worker.batcher import CostFunction, Dropped, Limits, Scheduler, cost_function, unit_costs
 from service.worker.filejobs import FileJobSource, FormatError
+from service.worker.isolation import run_isolated
 from service.worker.threads import ComputeTimes, ThreadGovernor
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class BatchingLoop(WorkerLoop):
         self.compute_seconds = metrics.COMPUTE_DURATION.labels(config.model)
         self.batch_size = metrics.BATCH_SIZE.labels(config.model)
         self.batch_tokens = metrics.BATCH_PADDED_TOKENS.labels(config.model)
+        self.forward_retries = metrics.FORWARD_RETRIES.labels(config.model)
         self.cancels = CancelMarkers(config.spool_dir)
         cost = cost_function(self.session.model)
         self.counts_tokens = cost is not unit_costs  # a model with costs() reports them as tokens
@@ -107,19 +110,36 @@ class BatchingLoop(WorkerLoop):
                 self.queue_seconds.observe(max(0.0, started - arrived))
         # all cores when alone, a share while a peer computes, fewer while overloaded
         self.threads.update(scheduler.waiting_inputs(), self.computing.peers_active())
-        try:
-            with self.computing.forward():
-                outputs = self.session.run(forward.inputs)
-        except Exception as exc:
-            logger.exception("model %s: forward of %d inputs failed", self.model, len(forward))
-            scheduler.fail(forward, exc)
+        clock = time.perf_counter()
+        with self.computing.forward():
+            # a bad input fails alone: its batch-mates are run again without it
+            isolated = run_isolated(self.session.run, forward.inputs)
+        if isolated.retries:
+            self.forward_retries.inc(isolated.retries)
+            self._log_failures(forward, isolated.results)
+            self.compute_seconds.observe(time.perf_counter() - clock)
         else:
             self.compute_seconds.observe(self.session.last_duration)
-            self.batch_size.observe(len(forward))
-            self.batch_tokens.observe(forward.padded_cost)
-            scheduler.complete(forward, outputs)
+        self.batch_size.observe(len(forward))
+        self.batch_tokens.observe(forward.padded_cost)
+        scheduler.complete(forward, isolated.results)
         self._flush()
         self.memory.sample()
+
+    def _log_failures(self, forward: Any, results: list[Any]) -> None:
+        failures = [r for r in results if isinstance(r, BaseException)]
+        rejected = sum(isinstance(r, InputRejected) for r in failures)
+        logger.warning(
+            "model %s: %d of %d inputs of a forward failed alone (%d rejected by the model)",
+            self.model,
+            len(failures),
+            len(forward),
+            rejected,
+        )
+        for error in failures:
+            if not isinstance(error, InputRejected):
+                logger.error("model %s: an input failed", self.model, exc_info=error)
+                break  # one traceback is enough
 
     # --- adding work ----------------------------------------------------------------------
 
@@ -178,6 +198,8 @@ class BatchingLoop(WorkerLoop):
         self._forget(uid)
         if isinstance(error, Dropped):
             self._send(reply_to, uid, Failure(error.status, str(error)))
+        elif isinstance(error, InputRejected):
+            self._send(reply_to, uid, Failure(422, f"the model rejected an input: {error.message}"))
         else:
             self._send(reply_to, uid, Failure(500, f"model error: {type(error).__name__}"))
 

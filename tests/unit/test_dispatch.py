@@ -86,6 +86,7 @@ class Model:
     name: str = MODEL
     max_queue_size: int = 2
     inflight: Any = field(default_factory=lambda: mp.Value("i", 0))
+    out_of_service: bool = False
 
 
 class Client:
