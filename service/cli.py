@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.core.repository import GRAD_MODES, ModelError, ModelRepository
 from service.files.job import DEFAULT_PROGRESS_INTERVAL, run_command
@@ -26,6 +27,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve a Hugging Face folder as model NAME (repeatable); with --config, alongside the "
+        "config's models, else instead of them",
+    )
+    serve.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME=TASK",
+        help="the task of --model NAME (default: inferred)",
+    )
+    serve.add_argument(
+        "--sha256",
+        action="append",
+        default=[],
+        metavar="NAME=HEX",
+        help="the pinned sha256 of --model NAME's manifest (default: computed and logged at start)",
+    )
 
     models = commands.add_parser("models", help="list the models in the repository")
     models.add_argument("--config", type=Path, default=None)
@@ -96,6 +119,38 @@ def predict_file_command(args: argparse.Namespace) -> int:
     )
 
 
+def folder_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings for ``serve --model NAME=PATH [--task NAME=TASK] [--sha256 NAME=HEX]``."""
+    if not args.model:
+        if args.task or args.sha256:
+            raise ConfigError("--task and --sha256 name a model given with --model NAME=PATH")
+        return {}
+    folders = {name: Path(path) for name, path in _pairs(args.model, "--model", "NAME=PATH").items()}
+    tasks = _pairs(args.task, "--task", "NAME=TASK")
+    pins = _pairs(args.sha256, "--sha256", "NAME=HEX")
+    unknown = sorted((set(tasks) | set(pins)) - set(folders))
+    if unknown:
+        raise ConfigError(f"--task/--sha256 name models not given with --model: {', '.join(unknown)}")
+    overrides: dict[str, Any] = {"folders": folders, "folder_tasks": tasks, "folder_sha256": pins}
+    served = list(folders)
+    if args.config is not None:  # alongside the config's models
+        served = [*load_settings(args.config).serve, *served]
+    overrides["serve"] = list(dict.fromkeys(served))
+    return overrides
+
+
+def _pairs(values: list[str], flag: str, shape: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"{flag} takes {shape}, got {value!r}")
+        if name in pairs:
+            raise ConfigError(f"{flag} names {name!r} twice")
+        pairs[name] = rest
+    return pairs
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -110,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from service.runtime.launcher import serve
 
-            settings = load_settings(args.config, host=args.host, port=args.port)
+            settings = load_settings(args.config, host=args.host, port=args.port, **folder_overrides(args))
             logging.getLogger().setLevel(settings.log_level.upper())
             return serve(settings)
         if args.command == "models":

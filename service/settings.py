@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     # the models to serve, by folder name in the repository
     serve: list[str] = Field(default_factory=lambda: ["minilm"], min_length=1)
     repository: Path = DEFAULT_REPOSITORY
+    # Hugging Face folders served as models, by name (``serve --model NAME=PATH``); each is also in
+    # ``serve``. Their task is inferred from the folder unless ``folder_tasks`` names one, and their
+    # manifest sha256 is computed and logged at start unless ``folder_sha256`` pins it.
+    folders: dict[str, Path] = Field(default_factory=dict)
+    folder_tasks: dict[str, str] = Field(default_factory=dict)
+    folder_sha256: dict[str, str] = Field(default_factory=dict)
     models: dict[str, ModelOverrides] = Field(default_factory=dict)
     accelerator: Literal["cpu", "cuda"] = "cpu"  # explicit: LitServe's "auto" shells out to nvidia-smi
     grad_mode: Literal["no_grad", "inference_mode"] = "no_grad"

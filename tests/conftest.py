@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess  # imports no part of the service (nor prometheus_client)
+from tests.support import ServerProcess, left_behind  # imports no part of the service (nor prometheus_client)
 
-# what was in the temp directory before the run: the run must leave nothing of ours beside it
-_SCRATCH_BEFORE = {p.name for p in Path(tempfile.gettempdir()).glob("inference-*")}
 _OWN_METRICS_DIR = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="inference-test-metrics-")
@@ -35,13 +33,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if it left entries of ours in the temp directory (servers, fixtures)."""
+    """Fail the run if its servers left anything in the temp directory."""
     if _OWN_METRICS_DIR is not None:
         shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
-    left = sorted(
-        p.name for p in Path(tempfile.gettempdir()).glob("inference-*") if p.name not in _SCRATCH_BEFORE
-    )
-    if left and session.config.getoption("collectonly") is False and exitstatus == 0:
+    left = left_behind()
+    if left and exitstatus == 0:
         print(f"\nthe test run left these in {tempfile.gettempdir()}: {left}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -27,6 +27,8 @@ import psutil
 from service.core.scratch import remove_abandoned
 
 ROOT = Path(__file__).resolve().parent.parent
+# every server this test process started, and its output file: what a run must not leave behind
+STARTED: list[tuple[int, str]] = []
 
 
 def free_port() -> int:
@@ -112,6 +114,7 @@ class ServerUnderTest:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        STARTED.append((self.process.pid, self.log.name))
         try:
             if self.wait_ready:
                 self.wait_until_ready()
@@ -224,8 +227,9 @@ class ServerProcess(ServerUnderTest):
         ready_timeout: float = 120.0,
         wait_ready: bool = True,
         port: int | None = None,
+        args: list[str] | None = None,
     ) -> None:
-        command = [sys.executable, "-m", "service", "serve"]
+        command = [sys.executable, "-m", "service", "serve", *(args or [])]
         if config is not None:
             command += ["--config", str(config)]
         super().__init__(
@@ -262,3 +266,10 @@ class ServerProcess(ServerUnderTest):
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
         return self.client.post(path, json=body, **kwargs)
+
+
+def left_behind() -> list[str]:
+    """What the servers of this test process left in the temp directory: their own folders
+    (``inference-<kind>-<pid>-…``) and output files."""
+    left = [str(path) for pid, _ in STARTED for path in scratch_folders(pid)]
+    return left + [log for _, log in STARTED if os.path.exists(log)]

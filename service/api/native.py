@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from service import metrics
@@ -26,8 +26,8 @@ from service.api.errors import ApiError, describe_validation, error_responses, j
 from service.api.openai_schema import model_entry, model_list
 from service.api.state import ModelRoute, ServiceState, service_state
 from service.api.uploads import read_json
+from service.codecs import FLOAT32_MAX
 from service.core.repository import ModelSpec
-from service.files.readers import FLOAT32_MAX
 
 __all__ = ["FLOAT32_MAX", "PredictResponse", "register", "request_model_for"]
 
@@ -35,15 +35,7 @@ __all__ = ["FLOAT32_MAX", "PredictResponse", "register", "request_model_for"]
 def request_model_for(spec: ModelSpec) -> type[BaseModel]:
     """The pydantic model of ``{"inputs": [...]}`` for one model's declared input limits."""
     limits = spec.inputs
-    item: Any
-    if limits.kind == "text":
-        item = Annotated[StrictStr, Field(max_length=limits.max_length)]
-    else:
-        # StrictFloat takes ints too (not bools). Within float32: past it a value becomes inf in the
-        # model and the outputs NaN (answered as nulls); the bound also turns an integer too large
-        # for a float into a ValidationError instead of an OverflowError.
-        number = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
-        item = Annotated[list[number], Field(min_length=limits.dim, max_length=limits.dim)]
+    item: Any = limits.codec.item_type(limits)
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")

@@ -111,9 +111,11 @@ def parse_embeddings_request(payload: Any, lookup: Callable[[str], ModelSpec | N
     spec = lookup(model)
     if spec is None:
         raise EmbeddingsError(404, f"the model {model[:64]!r} does not exist", "model", "model_not_found")
-    if spec.inputs.kind != "text":
+    if not spec.inputs.codec.openai_input:
         raise EmbeddingsError(
-            400, f"the model {model!r} takes vectors, not text; use its native or v2 route", "model"
+            400,
+            f"the model {model!r} takes {spec.inputs.codec.noun}, not text; use its native or v2 route",
+            "model",
         )
     user = payload.get("user")
     if user is not None and not isinstance(user, str):
@@ -154,15 +156,11 @@ def _inputs(spec: ModelSpec, raw: Any) -> list[str]:
             "input",
             "token_ids_not_supported",
         )
+    check = limits.codec.record_check(limits)  # the same check as every other way in
     for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise EmbeddingsError(400, f"input[{index}] must be a string, got {_kind(item)}", "input")
-        if len(item) > limits.max_length:
-            raise EmbeddingsError(
-                400,
-                f"input[{index}] has {len(item)} characters; the model accepts at most {limits.max_length}",
-                "input",
-            )
+        problem = check(item)
+        if problem is not None:
+            raise EmbeddingsError(400, f"input[{index}]: {problem}", "input")
     return items
 
 
@@ -190,11 +188,6 @@ def _dimensions(spec: ModelSpec, raw: Any) -> int | None:
             400, f"the model {spec.name!r} cannot give {raw} dimensions (it supports: {sizes})", "dimensions"
         )
     return raw
-
-
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", type(None): "null", dict: "an object", int: "an integer", float: "a number"}
-    return names.get(type(value), type(value).__name__)
 
 
 def shape_embeddings(vectors: Any, dimensions: int | None) -> np.ndarray[Any, np.dtype[np.float32]]:

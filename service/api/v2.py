@@ -197,24 +197,24 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _OBJECT = {"type": "object"}
-NUMERIC_DATATYPES = tuple(datatype for datatype in DATATYPES if datatype not in ("BOOL", "BYTES"))
 
 
 def infer_request_schema(spec: ModelSpec) -> dict[str, Any]:
     """The ``/infer`` JSON body for one model: its input tensor's name, the datatypes it takes and
     the rank of its shape (the element count must match the shape: that JSON Schema cannot say)."""
-    text = spec.inputs.kind == "text"
+    codec = spec.inputs.codec
+    rank = len(codec.v2_metadata(spec.inputs)["shape"])
     dimension = {"type": "integer", "minimum": 0}
     tensor = {
         "type": "object",
         "required": ["name", "datatype", "shape"],
         "properties": {
             "name": {"type": "string", "enum": [spec.tensors.input]},
-            "datatype": {"type": "string", "enum": ["BYTES"] if text else list(NUMERIC_DATATYPES)},
+            "datatype": {"type": "string", "enum": list(codec.v2_datatypes())},
             "shape": {
                 "type": "array",
                 "items": dimension,
-                "minItems": 1 if text else 2,
+                "minItems": rank,
                 "maxItems": 2,
             },
             "data": {"type": "array", "description": "flat or nested, row-major; UTF-8 strings for BYTES"},

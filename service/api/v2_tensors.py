@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.codecs import CodecError
 from service.core.repository import ModelSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -224,21 +225,34 @@ def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool)
             )
         if not has_data:
             raise TensorError(400, f"input {declared!r} has neither 'data' nor 'binary_data_size'")
-    if spec.inputs.kind == "text":
-        if datatype != "BYTES":
-            raise TensorError(400, f"input {declared!r} must be BYTES (UTF-8 text), got {datatype}")
-        texts = _binary_strings(binary, count) if size is not None else _json_strings(tensor["data"], count)
-        return _checked_texts(spec, texts)
-    if datatype not in _NUMERIC and datatype != "BF16":
-        raise TensorError(
-            400, f"input {declared!r} must be FP32 (or a number type that converts exactly), got {datatype}"
-        )
-    if size is not None:
-        floats = _binary_numbers(binary, count, datatype)
-    else:
-        floats = _json_numbers(tensor["data"], count, datatype)
-    rows_of_floats: list[list[float]] = floats.reshape(rows, -1).tolist()
-    return rows_of_floats
+    elements = _Elements(None if size is not None else tensor["data"], binary, count, datatype)
+    try:
+        return spec.inputs.codec.v2_values(spec.inputs, declared, datatype, rows, elements)
+    except CodecError as exc:
+        raise TensorError(413 if exc.too_large else 400, exc.message) from None
+
+
+@dataclass(frozen=True)
+class _Elements:
+    """One tensor's elements (:class:`service.codecs.TensorData`): JSON ``data``, or ``binary``
+    when ``data`` is None; ``count`` of them, of ``datatype``."""
+
+    data: Any
+    binary: bytes
+    count: int
+    datatype: str
+
+    def strings(self) -> list[bytes]:
+        if self.data is None:
+            return _binary_strings(self.binary, self.count)
+        return _json_strings(self.data, self.count)
+
+    def numbers(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        if self.datatype not in _NUMERIC and self.datatype != "BF16":
+            raise TensorError(400, f"{self.datatype} elements are not numbers")
+        if self.data is None:
+            return _binary_numbers(self.binary, self.count, self.datatype)
+        return _json_numbers(self.data, self.count, self.datatype)
 
 
 def _check_shape(spec: ModelSpec, shape: Any) -> tuple[int, int]:
@@ -251,15 +265,9 @@ def _check_shape(spec: ModelSpec, shape: Any) -> tuple[int, int]:
         raise TensorError(400, "'shape' must be a list of integers")
     if any(d < 0 for d in shape):
         raise TensorError(400, f"shape {shape[:4]} has a negative dimension")
-    expected = "[N] or [N, 1]" if limits.kind == "text" else f"[N, {limits.dim}]"
-    if limits.kind == "text":
-        valid = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
-    else:
-        valid = len(shape) == 2 and shape[1] == limits.dim
-    if not valid:
-        if len(shape) > 8 or any(d > limits.max_items * max(limits.dim or 1, 1) for d in shape):
-            raise TensorError(413, f"shape of {len(shape)} dimensions is far past the model's {expected}")
-        raise TensorError(400, f"shape {shape} does not match the model's input shape {expected}")
+    mismatch = limits.codec.v2_shape_error(limits, shape)
+    if mismatch is not None:
+        raise TensorError(413 if mismatch.too_large else 400, mismatch.message)
     items = shape[0]
     if items > limits.max_items:
         raise TensorError(413, f"{items} inputs in one request; the model takes at most {limits.max_items}")
@@ -297,22 +305,6 @@ def _json_strings(data: Any, count: int) -> list[bytes]:
             raise TensorError(400, f"BYTES element {len(items)} must be a string, got {_kind(value)}")
         items.append(value.encode("utf-8", "surrogatepass"))
     return items
-
-
-def _checked_texts(spec: ModelSpec, raw: list[bytes]) -> list[str]:
-    texts: list[str] = []
-    limit = spec.inputs.max_length
-    for index, item in enumerate(raw):
-        try:
-            text = item.decode("utf-8")
-        except UnicodeDecodeError:
-            raise TensorError(400, f"BYTES element {index} is not valid UTF-8 text") from None
-        if len(text) > limit:
-            raise TensorError(
-                413, f"BYTES element {index} has {len(text)} characters; the model accepts at most {limit}"
-            )
-        texts.append(text)
-    return texts
 
 
 def _binary_numbers(data: bytes, count: int, datatype: str) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -453,10 +445,7 @@ def server_metadata(name: str, version: str) -> dict[str, Any]:
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:
     """The ``GET /v2/models/{name}`` document; -1 marks a size that varies (or is not declared)."""
-    if spec.inputs.kind == "text":
-        inputs = {"name": spec.tensors.input, "datatype": "BYTES", "shape": [-1]}
-    else:
-        inputs = {"name": spec.tensors.input, "datatype": "FP32", "shape": [-1, spec.inputs.dim]}
+    inputs = {"name": spec.tensors.input, **spec.inputs.codec.v2_metadata(spec.inputs)}
     size = spec.outputs.size if spec.outputs.size is not None else -1
     return {
         "name": spec.name,

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.codecs import INPUT_CODECS, InputCodec, input_codec
 
 # how an InferenceSession switches autograd off (defined here, torch-free, for settings and the CLI)
 GradMode = Literal["no_grad", "inference_mode"]
 GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
 
+HUGGINGFACE_TASKS = ("feature-extraction",)
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
@@ -38,31 +41,37 @@ class InputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["text", "vector"]
+    kind: str  # one of service.codecs.INPUT_CODECS: the codec knows everything kind-specific
     min_items: int = Field(1, ge=1)
     max_items: int = Field(256, ge=1, le=100_000)
     # text: the most characters one input may have (longer is a 422, not a truncation)
     max_length: int = Field(10_000, ge=1)
     # vector: the exact number of floats each input must have
     dim: int | None = Field(None, ge=1)
-    # one input the worker warms the model up with before it is ready (default: derived from the
-    # kind: a short sentence, or a vector of zeros); declare one if the model checks its inputs
-    example: str | list[float] | None = None
+    # one input the worker warms the model up with before it is ready (default: the codec's own
+    # example: a short sentence, a vector of zeros); declare one if the model checks its inputs
+    example: Any = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in INPUT_CODECS:
+            raise ValueError(f"Input should be {' or '.join(repr(k) for k in INPUT_CODECS)}")
+        return kind
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
         if self.min_items > self.max_items:
             raise ValueError("min_items must not exceed max_items")
-        if self.kind == "vector" and self.dim is None:
-            raise ValueError("a vector input needs 'dim'")
-        if self.example is not None and not self._fits(self.example):
+        self.codec.check_spec(self)
+        if self.example is not None and not self.codec.fits(self, self.example):
             raise ValueError(f"'example' must be one valid {self.kind} input")
         return self
 
-    def _fits(self, value: str | list[float]) -> bool:
-        if self.kind == "text":
-            return isinstance(value, str) and 0 < len(value) <= self.max_length
-        return isinstance(value, list) and len(value) == self.dim
+    @property
+    def codec(self) -> InputCodec:
+        """Everything this kind of input needs (validation, v2 tensors, files, warm-up)."""
+        return input_codec(self.kind)
 
 
 class OutputSpec(BaseModel):
@@ -135,6 +144,9 @@ class ModelSpec(BaseModel):
     version: str
     task: str
     description: str = ""
+    # python: model.py's load() builds the model; huggingface: a Hugging Face folder (the weights
+    # location) served for ``task`` with no Python of the user's own (service.worker.huggingface)
+    runtime: Literal["python", "huggingface"] = "python"
     weights: WeightsSpec
     inputs: InputSpec
     outputs: OutputSpec = OutputSpec()
@@ -151,6 +163,12 @@ class ModelSpec(BaseModel):
     def _check_name(self) -> ModelSpec:
         if not _NAME.match(self.name):
             raise ValueError(f"model name {self.name!r} must match {_NAME.pattern}")
+        if self.runtime == "huggingface" and self.task not in HUGGINGFACE_TASKS:
+            raise ValueError(f"the huggingface runtime serves tasks {HUGGINGFACE_TASKS}, not {self.task!r}")
+        if self.runtime == "huggingface" and self.weights.checksum_file is not None:
+            raise ValueError(
+                "a huggingface folder is checksummed whole (sha256 of its manifest): drop checksum_file"
+            )
         return self
 
 
@@ -206,9 +224,12 @@ class ModelEntry:
         """Resolve the weights and check their sha256; raise :class:`ModelError` on any mismatch."""
         location = self.weights_location()
         target = location / self.spec.weights.checksum_file if self.spec.weights.checksum_file else location
-        if not target.is_file():
+        if target.is_dir():  # a whole folder (the huggingface runtime trusts every file in it)
+            digest = sha256_folder(target)
+        elif not target.is_file():
             raise ModelError(f"model {self.spec.name!r}: weights file {target} is missing")
-        digest = sha256_file(target)
+        else:
+            digest = sha256_file(target)
         if digest != self.spec.weights.sha256:
             raise ModelError(
                 f"model {self.spec.name!r}: checksum mismatch for {target}: "
@@ -234,8 +255,14 @@ class ModelEntry:
         return module
 
     def load(self, device: str, **overrides: Any) -> Model:
-        """Verify the weights, import ``model.py`` and call its ``load(spec, weights, device)``."""
+        """Verify the weights, then build the model: the huggingface runtime from the folder, or
+        ``model.py``'s ``load(spec, weights, device)``."""
         weights = self.verified_weights()
+        if self.spec.runtime == "huggingface":
+            from service.worker import huggingface  # torch: imported in the worker only
+
+            served: Model = huggingface.load(self.spec, weights, device)
+            return served
         module = self._import_code()
         loader = getattr(module, "load", None)
         if loader is None:
@@ -246,9 +273,78 @@ class ModelEntry:
         return model
 
 
+def refuse_remote_code(name: str, folder: Path) -> None:
+    """A folder whose config maps classes to its own code (``auto_map``) needs
+    ``trust_remote_code``: code from the folder would run. Refused."""
+    import json
+
+    with open(folder / "config.json", encoding="utf-8") as handle:
+        config = json.load(handle)
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ModelError(
+            f"model {name!r}: {folder} needs trust_remote_code (its config.json maps classes to code "
+            "in the folder); the huggingface runtime runs no code from a model folder"
+        )
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What a Hugging Face folder is, read from its files (as TEI and KServe infer it)."""
+
+    task: str
+    size: int | None  # floats per output when known (an encoder's hidden size)
+
+
+def infer_task(folder: Path) -> FolderKind:
+    """A sentence-transformers folder or a bare encoder is ``feature-extraction``; a
+    ``*ForSequenceClassification`` with one label ``rerank``, with more ``text-classification``;
+    ``*ForImageClassification`` ``image-classification``."""
+    import json
+
+    with open(folder / "config.json", encoding="utf-8") as handle:
+        config = json.load(handle)
+    architectures = [str(a) for a in config.get("architectures") or []]
+    size = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
+    if (folder / "modules.json").is_file():
+        return FolderKind("feature-extraction", size)
+    for architecture in architectures:
+        if architecture.endswith("ForSequenceClassification"):
+            labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+            return FolderKind("rerank" if labels == 1 else "text-classification", labels)
+        if architecture.endswith("ForImageClassification"):
+            return FolderKind("image-classification", None)
+    if not architectures or any(a.endswith("Model") for a in architectures):
+        return FolderKind("feature-extraction", size)
+    raise ModelError(f"{folder}: cannot tell the task of architectures {architectures}; pass --task")
+
+
 def _module_name(folder: Path) -> str:
     digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
     return f"_inference_models.{folder.name}_{digest}.model"
+
+
+def folder_manifest(folder: Path) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file under ``folder``, sorted; a symlink is refused (it
+    could point anywhere)."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if "__pycache__" in path.parts:
+            continue
+        if path.is_symlink():
+            raise ModelError(
+                f"{folder}: {relative} is a symbolic link; a model folder must hold its own files"
+            )
+        if path.is_file():
+            entries.append((relative, sha256_file(path)))
+    return entries
+
+
+def sha256_folder(folder: Path) -> str:
+    """The sha256 of a folder's manifest (``<sha256>  <relative path>`` lines, sorted by path):
+    changing, adding or removing any file changes it."""
+    manifest = "".join(f"{digest}  {relative}\n" for relative, digest in folder_manifest(folder))
+    return hashlib.sha256(manifest.encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -284,10 +380,46 @@ class ModelRepository:
                 raise ModelError(
                     f"{declaration}: name {spec.name!r} must equal its folder name {folder.name!r}"
                 )
-            if not (folder / "model.py").is_file():
+            if spec.runtime == "python" and not (folder / "model.py").is_file():
                 raise ModelError(f"{folder}: has model.yaml but no model.py")
             entries[spec.name] = ModelEntry(spec=spec, folder=folder)
         return entries
+
+    def add_folder(
+        self, name: str, folder: Path, task: str | None = None, sha256: str | None = None
+    ) -> ModelEntry:
+        """Serve a Hugging Face folder as model ``name`` (the huggingface runtime), its task
+        inferred from the folder unless given. Without a pinned ``sha256`` the folder's manifest
+        digest is computed now (and logged by the caller), so it cannot change under the workers."""
+        folder = Path(folder).resolve()
+        if name in self._entries:
+            raise ModelError(f"model {name!r} is already in the repository {self.root}")
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
+        refuse_remote_code(name, folder)
+        inferred = infer_task(folder)
+        task = task or inferred.task
+        digest = sha256 or sha256_folder(folder)
+        try:
+            spec = ModelSpec(
+                name=name,
+                version="folder",
+                task=task,
+                description=f"served from {folder}",
+                runtime="huggingface",
+                weights=WeightsSpec(path=".", sha256=digest),
+                inputs=InputSpec(kind="text", max_items=256),
+                outputs=OutputSpec(size=inferred.size),
+                max_batch_size=32,
+                max_batch_tokens=8192,
+                batch_timeout=0.005,
+            )
+        except ValidationError as exc:
+            first = str(exc).splitlines()
+            raise ModelError(f"model {name!r} from {folder}: {' '.join(first[:3])}") from None
+        entry = ModelEntry(spec=spec, folder=folder)
+        self._entries[name] = entry
+        return entry
 
     def names(self) -> list[str]:
         return list(self._entries)

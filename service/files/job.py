@@ -11,7 +11,6 @@ partial file. :func:`format_record` is the NDJSON line shared with the HTTP endp
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -32,7 +31,6 @@ from service.core.repository import (
 )
 from service.files.readers import (
     DEFAULT_MAX_LINE_BYTES,
-    FLOAT32_MAX,
     Format,
     FormatError,
     Validator,
@@ -45,7 +43,15 @@ from service.worker.batcher import Limits, cost_function, run_source
 if TYPE_CHECKING:  # torch loads only when a job runs, not when the CLI parser is built
     from service.worker.session import InferenceSession
 
-__all__ = ["JobResult", "format_record", "input_validator", "partial_path", "run_command", "run_predict_file"]
+__all__ = [
+    "JobResult",
+    "format_record",
+    "input_validator",
+    "partial_path",
+    "reads_json_values",
+    "run_command",
+    "run_predict_file",
+]
 
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
@@ -70,33 +76,12 @@ def partial_path(output_path: Path) -> Path:
 
 def input_validator(inputs: InputSpec) -> Validator:
     """A check for one input value against a model's declaration: an error string, or None."""
-    if inputs.kind == "text":
-        max_length = inputs.max_length
+    return inputs.codec.record_check(inputs)
 
-        def check_text(value: Any) -> str | None:
-            if not isinstance(value, str):
-                return f"the input must be a string, got {_kind(value)}"
-            if len(value) > max_length:
-                return f"the input has {len(value)} characters; the model accepts at most {max_length}"
-            return None
 
-        return check_text
-
-    dim = inputs.dim
-
-    def check_vector(value: Any) -> str | None:
-        if not isinstance(value, list):
-            return f"the input must be a list of {dim} numbers, got {_kind(value)}"
-        if len(value) != dim:
-            return f"the input has {len(value)} numbers; the model expects {dim}"
-        for item in value:
-            if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
-                return f"the input must hold only finite numbers, got {_kind(item)} {item!r:.40}"
-            if abs(item) > FLOAT32_MAX:  # would become inf in the model and come back as null
-                return f"the input must hold numbers within float32 range, got {item!r:.40}"
-        return None
-
-    return check_vector
+def reads_json_values(inputs: InputSpec, fmt: str) -> bool:
+    """Whether csv cells and txt lines hold the model's inputs as JSON (a vector), not raw text."""
+    return inputs.codec.json_in_text_files and fmt != "jsonl"
 
 
 def run_predict_file(
@@ -129,7 +114,7 @@ def run_predict_file(
     partial = partial_path(output_path)
     validate = input_validator(spec.inputs)
     # csv cells and txt lines are strings: vector models read them as JSON arrays
-    json_values = spec.inputs.kind == "vector" and fmt != "jsonl"
+    json_values = reads_json_values(spec.inputs, fmt)
     # cutting a partial back to its last whole line loses nothing, so it may precede the format check
     skip = _recover_partial(partial) if resume and partial.exists() else 0
     with open_records(
@@ -321,10 +306,6 @@ def _size(count: float) -> str:
 def _clock(seconds: float) -> str:
     whole = int(seconds)
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def run_command(

@@ -28,9 +28,6 @@ _BOM = b"\xef\xbb\xbf"
 _MIN_CHUNK = 16
 
 
-FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: larger inputs become inf in a model
-
-
 class FormatError(Exception):
     """The file is not the declared format at all (binary, not UTF-8, not JSON, no such column)."""
 

@@ -37,6 +37,19 @@ def preflight(settings: Settings) -> ModelRepository:
     Raises ModelError with one line that names the model and the cause.
     """
     repository = ModelRepository(settings.repository)
+    for name, folder in settings.folders.items():
+        pinned = settings.folder_sha256.get(name)
+        entry = repository.add_folder(name, folder, settings.folder_tasks.get(name), pinned)
+        if pinned is None:
+            logger.info(
+                "model %s: serving %s (%s); sha256 of its files' manifest %s: pin it with --sha256 %s=%s",
+                name,
+                entry.folder,
+                entry.spec.task,
+                entry.spec.weights.sha256,
+                name,
+                entry.spec.weights.sha256,
+            )
     for name in settings.serve:
         repository.get(name).verified_weights()
     return repository
@@ -101,6 +114,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
         config = WorkerConfig(
             model=name,
             repository=Path(settings.repository),
+            entry=repository.get(name),
             grad_mode=settings.grad_mode,
             torch_threads=threads,
             torch_interop_threads=settings.torch_interop_threads,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.core.rejection import InputRejected
-from service.core.repository import GradMode, ModelError, ModelRepository, ModelSpec
+from service.core.repository import GradMode, ModelEntry, ModelError, ModelRepository, ModelSpec
 from service.runtime.litserve import LitAPI, internal_path
 from service.worker.loop import BatchingLoop
 from service.worker.memory import MemoryReporter
@@ -50,8 +50,10 @@ class WorkerConfig:
     max_batch_tokens: int | None = None  # padded-token budget per forward (worker.batcher.Limits)
     max_line_bytes: int = 1 << 20
     metrics: bool = True
-    # where cancel markers (client gone) appear and this worker records the batch it is computing
+    # where cancel markers (client gone) appear
     spool_dir: Path | None = None
+    # the model as the launcher found and verified it (None: look it up in ``repository``)
+    entry: ModelEntry | None = None
 
 
 class ModelAPI(LitAPI):  # type: ignore[misc]
@@ -83,7 +85,7 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
             torch.set_num_threads(self.config.torch_threads)
         if self.config.torch_interop_threads:  # must come before any inter-op work in this process
             torch.set_num_interop_threads(self.config.torch_interop_threads)
-        entry = ModelRepository(self.config.repository).get(self.config.model)
+        entry = self.config.entry or ModelRepository(self.config.repository).get(self.config.model)
         self.spec = entry.spec
         model = entry.load(device)
         self.session = InferenceSession(model, self.config.grad_mode)
@@ -118,13 +120,10 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
 
 
 def warmup_input(spec: ModelSpec) -> Any:
-    """The input the model is warmed up with: its declared ``inputs.example``, else one derived
-    from its kind."""
+    """The input the model is warmed up with: its declared ``inputs.example``, else its kind's."""
     if spec.inputs.example is not None:
         return spec.inputs.example
-    if spec.inputs.kind == "vector":
-        return [0.0] * (spec.inputs.dim or 1)
-    return "A short sentence to warm the model up."
+    return spec.inputs.codec.example(spec.inputs)
 
 
 def check_warmup(spec: ModelSpec, outputs: list[Any]) -> None:

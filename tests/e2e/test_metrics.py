@@ -50,6 +50,7 @@ CONTRACT = {
     "inference_rejected_requests": "counter",
     "inference_worker_restarts": "counter",
     "inference_requests_resent": "counter",
+    "inference_forward_retries": "counter",
     "inference_file_records": "counter",
     "inference_file_bytes": "counter",
 }

@@ -82,7 +82,7 @@ def test_models_list_and_retrieve(server: ServerProcess, client: openai.OpenAI) 
     # the native listing is still there, and both carry our descriptive fields
     listing = server.client.get("/v1/models").json()
     assert [entry["name"] for entry in listing["models"]] == ["minilm", "reference"]
-    assert listing["data"][0]["task"] == "sentence-embedding" and listing["data"][0]["max_batch_size"] == 16
+    assert listing["data"][0]["task"] == "feature-extraction" and listing["data"][0]["max_batch_size"] == 16
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
 

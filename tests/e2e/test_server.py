@@ -172,7 +172,7 @@ def test_model_listing_and_details(server: ServerProcess) -> None:
     listed = server.client.get("/v1/models").json()["models"]
     assert {m["name"] for m in listed} == {"minilm", "reference"}
     detail = server.client.get("/v1/models/minilm").json()
-    assert detail["task"] == "sentence-embedding"
+    assert detail["task"] == "feature-extraction"
     assert detail["inputs"] == {"kind": "text", "min_items": 1, "max_items": 256, "max_length": 10000}
     assert (
         detail["grad_mode"] == "no_grad"

@@ -34,6 +34,7 @@ _COUNTERS = (
     "rejected_requests",
     "worker_restarts",
     "requests_resent",
+    "forward_retries",
     "file_records",
     "file_bytes",
 )

@@ -175,7 +175,7 @@ def test_refused_forms() -> None:
     refuse({"model": "minilm"}, 400, "'input' is required")
     refuse({"model": "minilm", "input": []}, 400, "must not be an empty list")
     refuse({"model": "minilm", "input": ["a"] * 257}, 400, "257 items; the model takes at most 256")
-    refuse({"model": "minilm", "input": ["a", 3]}, 400, r"input\[1\] must be a string, got an integer")
+    refuse({"model": "minilm", "input": ["a", 3]}, 400, r"input\[1\]: the input must be a string, got int")
     refuse({"model": "minilm", "input": ["a", None]}, 400, "got null")
     refuse({"model": "minilm", "input": {"a": 1}}, 400, "a string or a list of strings")
     refuse({"model": "minilm", "input": 7}, 400, "a string or a list of strings")

@@ -1,0 +1,97 @@
+"""What every input kind's codec does, defined once (torch-free: the API servers, the worker and
+the file readers all use it).
+
+A codec validates a request's value once, in the shape each way in gives it (a JSON item, a
+file record, a v2 tensor), and raises :class:`CodecError` naming what is wrong; each protocol
+decides the status and the body. It also says what the kind looks like from outside (a pydantic
+item type for the native route and OpenAPI, the v2 tensor metadata) and what the worker warms a
+model up with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from service.core.repository import InputSpec
+
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: larger inputs become inf in a model
+
+# one file record's check: an error string naming what is wrong, or None
+RecordCheck = Callable[[Any], "str | None"]
+
+
+class CodecError(ValueError):
+    """A value that does not fit its kind. ``too_large``: it is past a size limit (protocols
+    that distinguish it answer 413)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.too_large = too_large
+
+
+class TensorData(Protocol):
+    """An Open Inference Protocol tensor's elements, read on demand (``service.api.v2_tensors``)."""
+
+    def strings(self) -> list[bytes]:
+        """Every element as bytes (BYTES tensors)."""
+        ...
+
+    def numbers(self) -> Any:
+        """Every element as a flat float32 numpy array (numeric tensors, converted exactly)."""
+        ...
+
+
+class InputCodec(Protocol):
+    """One input kind."""
+
+    kind: str
+    # how error messages name one input of this kind ("text", "vector")
+    noun: str
+    # csv cells and txt lines of a file hold this kind as JSON (a vector), not as the raw text
+    json_in_text_files: bool
+    # OpenAI's /v1/embeddings can carry it (its ``input`` is text)
+    openai_input: bool
+
+    def check_spec(self, spec: InputSpec) -> None:
+        """Refuse a declaration this kind cannot serve (ValueError naming the field)."""
+        ...
+
+    def example(self, spec: InputSpec) -> Any:
+        """A valid input to warm a model up with when it declares none."""
+        ...
+
+    def fits(self, spec: InputSpec, value: Any) -> bool:
+        """Whether ``value`` is one valid input (a declared example)."""
+        ...
+
+    def item_type(self, spec: InputSpec) -> Any:
+        """The pydantic type of one input in a JSON request (native route, OpenAPI)."""
+        ...
+
+    def record_check(self, spec: InputSpec) -> RecordCheck:
+        """The check of one file record's value."""
+        ...
+
+    def v2_metadata(self, spec: InputSpec) -> dict[str, Any]:
+        """``datatype`` and ``shape`` of the input tensor in v2 model metadata (-1: free)."""
+        ...
+
+    def v2_datatypes(self) -> tuple[str, ...]:
+        """The datatypes a v2 request may send."""
+        ...
+
+    def v2_shape_error(self, spec: InputSpec, shape: list[int]) -> CodecError | None:
+        """Why ``shape`` is not this input's (None when it fits)."""
+        ...
+
+    def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
+        """The ``rows`` inputs a v2 tensor holds."""
+        ...
+
+
+def type_name(value: Any) -> str:
+    """How a record error names a value's type."""
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,80 @@
+"""The ``text`` kind: one string per input, at most ``max_length`` characters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field, StrictStr
+
+from service.codecs.base import CodecError, RecordCheck, TensorData, type_name
+
+if TYPE_CHECKING:
+    from service.core.repository import InputSpec
+
+
+class TextCodec:
+    kind = "text"
+    noun = "text"
+    json_in_text_files = False
+    openai_input = True
+
+    def check_spec(self, spec: InputSpec) -> None:
+        return None
+
+    def example(self, spec: InputSpec) -> Any:
+        return "A short sentence to warm the model up."[: spec.max_length]
+
+    def fits(self, spec: InputSpec, value: Any) -> bool:
+        return isinstance(value, str) and 0 < len(value) <= spec.max_length
+
+    def item_type(self, spec: InputSpec) -> Any:
+        return Annotated[StrictStr, Field(max_length=spec.max_length)]
+
+    def record_check(self, spec: InputSpec) -> RecordCheck:
+        max_length = spec.max_length
+
+        def check_text(value: Any) -> str | None:
+            if not isinstance(value, str):
+                return f"the input must be a string, got {type_name(value)}"
+            if len(value) > max_length:
+                return f"the input has {len(value)} characters; the model accepts at most {max_length}"
+            return None
+
+        return check_text
+
+    def v2_metadata(self, spec: InputSpec) -> dict[str, Any]:
+        return {"datatype": "BYTES", "shape": [-1]}
+
+    def v2_datatypes(self) -> tuple[str, ...]:
+        return ("BYTES",)
+
+    def v2_shape_error(self, spec: InputSpec, shape: list[int]) -> CodecError | None:
+        if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+            return None
+        expected = "[N] or [N, 1]"
+        if len(shape) > 8 or any(d > spec.max_items for d in shape):
+            return CodecError(
+                f"shape of {len(shape)} dimensions is far past the model's {expected}", too_large=True
+            )
+        return CodecError(f"shape {shape} does not match the model's input shape {expected}")
+
+    def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
+        if datatype != "BYTES":
+            raise CodecError(f"input {name!r} must be BYTES (UTF-8 text), got {datatype}")
+        texts: list[Any] = []
+        limit = spec.max_length
+        for index, item in enumerate(data.strings()):
+            try:
+                text = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CodecError(f"BYTES element {index} is not valid UTF-8 text") from None
+            if len(text) > limit:
+                raise CodecError(
+                    f"BYTES element {index} has {len(text)} characters; the model accepts at most {limit}",
+                    too_large=True,
+                )
+            texts.append(text)
+        return texts
+
+
+TEXT = TextCodec()

@@ -1,0 +1,148 @@
+"""The ``huggingface`` runtime: a model served from a Hugging Face folder, with no Python of the
+user's own (runs in the inference worker).
+
+Preprocessing is the folder's own tokenizer and configuration, so the outputs equal what
+``transformers`` (and ``sentence-transformers``) compute in-process on the same folder. Only
+safetensors weights are read, with ``local_files_only``; a folder that needs
+``trust_remote_code`` (its own code) is refused.
+
+Tasks this round: ``feature-extraction`` (sentence embeddings: a sentence-transformers folder's
+pooling, normalisation and ``max_seq_length``; a bare encoder gets mean pooling, unnormalised).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.core.repository import ModelError, ModelSpec, refuse_remote_code
+
+POOLING_MODES = ("mean", "cls", "max")
+# sentence-transformers' Pooling config flag of each mode we implement
+_POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        data: dict[str, Any] = json.load(handle)
+    return data
+
+
+def pool(mode: str, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One vector per row from its token embeddings, padding excluded (sentence-transformers' modes)."""
+    if mode == "cls":
+        return token_embeddings[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    if mode == "max":
+        masked = token_embeddings.masked_fill(mask == 0, torch.finfo(token_embeddings.dtype).min)
+        return masked.max(dim=1).values
+    summed = (token_embeddings * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class SentenceEmbedder:
+    """Tokenize (truncated at ``max_seq_length``), encode, pool, optionally L2-normalise."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        module: torch.nn.Module,
+        max_seq_length: int,
+        pooling: str,
+        normalize: bool,
+        device: str,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.module = module
+        self.max_seq_length = max_seq_length
+        self.pooling = pooling
+        self.normalize = normalize
+        self.device = device
+
+    def costs(self, inputs: Sequence[str]) -> list[int]:
+        """Tokens per input after truncation, special tokens included: the batcher's cost and the
+        usage reported to clients (the fast tokenizer costs ~1% of the forward it precedes)."""
+        encoded = self.tokenizer(
+            list(inputs),
+            truncation=True,
+            max_length=self.max_seq_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def preprocess(self, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            list(inputs), padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
+        )
+        return {key: value.to(self.device) for key, value in encoded.items()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        output = self.module(**batch)
+        pooled = pool(self.pooling, output.last_hidden_state, batch["attention_mask"])
+        return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
+
+    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
+        rows: list[list[float]] = output.detach().cpu().tolist()
+        return rows
+
+
+def load(spec: ModelSpec, folder: Path, device: str) -> Any:
+    """The model of ``spec.task`` from a verified folder."""
+    refuse_remote_code(spec.name, folder)
+    if spec.task == "feature-extraction":
+        return load_embedder(spec, folder, device)
+    raise ModelError(f"model {spec.name!r}: the huggingface runtime does not serve task {spec.task!r}")
+
+
+def sentence_transformers_layout(folder: Path) -> tuple[str, bool, int | None]:
+    """(pooling mode, normalise, max_seq_length) as the folder's sentence-transformers files say;
+    a bare encoder: mean pooling, not normalised, the tokenizer's own limit."""
+    pooling, normalize, max_length = "mean", False, None
+    modules = folder / "modules.json"
+    if modules.is_file():
+        with open(modules, encoding="utf-8") as handle:
+            listed = json.load(handle)
+        for module in listed:
+            kind = str(module.get("type", ""))
+            if not kind.endswith((".Transformer", ".Pooling", ".Normalize")):
+                raise ModelError(
+                    f"{folder}: module {kind!r} (modules.json) is not served by the huggingface runtime "
+                    "(it serves Transformer, Pooling and Normalize)"
+                )
+            if kind.endswith(".Normalize"):
+                normalize = True
+            elif kind.endswith(".Pooling"):
+                config = read_json(folder / module.get("path", "1_Pooling") / "config.json")
+                flags = {key for key, value in config.items() if key.startswith("pooling_mode_") and value}
+                modes = [mode for flag, mode in _POOLING_FLAGS.items() if flag in flags]
+                if len(flags) != 1 or len(modes) != 1:
+                    raise ModelError(f"{folder}: pooling {sorted(flags)} is not one of {POOLING_MODES}")
+                pooling = modes[0]
+    bert = folder / "sentence_bert_config.json"
+    if bert.is_file():
+        max_length = int(read_json(bert)["max_seq_length"])
+    return pooling, normalize, max_length
+
+
+def load_embedder(spec: ModelSpec, folder: Path, device: str) -> SentenceEmbedder:
+    from transformers import AutoModel, AutoTokenizer
+
+    pooling, normalize, max_length = sentence_transformers_layout(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    module = AutoModel.from_pretrained(
+        str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )
+    module.to(device).eval()
+    if max_length is None:
+        positions = int(getattr(module.config, "max_position_embeddings", 512))
+        max_length = min(int(tokenizer.model_max_length), positions)
+    return SentenceEmbedder(tokenizer, module, max_length, pooling, normalize, device)
