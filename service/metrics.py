@@ -33,13 +33,17 @@ FILE_ENDPOINT = "/v1/models/{name}/predict-file"
 V2_INFER_ENDPOINT = "/v2/models/{name}/infer"
 V2_VERSIONED_INFER_ENDPOINT = "/v2/models/{name}/versions/{version}/infer"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
-# every endpoint label: the route template of each route that runs a model (native, v2, OpenAI)
+RERANK_V1_ENDPOINT = "/v1/rerank"
+RERANK_V2_ENDPOINT = "/v2/rerank"
+# every endpoint label: the route template of each route that runs a model (native, v2, OpenAI, Cohere)
 ENDPOINTS = (
     PREDICT_ENDPOINT,
     FILE_ENDPOINT,
     V2_INFER_ENDPOINT,
     V2_VERSIONED_INFER_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
+    RERANK_V1_ENDPOINT,
+    RERANK_V2_ENDPOINT,
 )
 UNKNOWN_MODEL = "unknown"  # label for requests naming a model that is not served
 # the status codes a model route answers with; pre-initialised so rates start at 0

@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from service.api import files, health, native, openai, v2
+from service.api import files, health, native, openai, rerank, v2
 from service.api.errors import REQUEST_ID, ApiError, install_error_handlers, json_response
 from service.api.state import ServiceState
 from service.core.ids import new_id
@@ -47,6 +47,7 @@ def register(app: FastAPI, state: ServiceState) -> None:
     health.register(app)
     v2.register(app, state.routes)
     openai.register(app, state)
+    rerank.register(app)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from service.codecs.base import FLOAT32_MAX, CodecError, InputCodec, RecordCheck, TensorData, type_name
 from service.codecs.text import TEXT
+from service.codecs.text_pair import TEXT_PAIR
 from service.codecs.vector import VECTOR
 
-INPUT_CODECS: dict[str, InputCodec] = {codec.kind: codec for codec in (TEXT, VECTOR)}
+INPUT_CODECS: dict[str, InputCodec] = {codec.kind: codec for codec in (TEXT, TEXT_PAIR, VECTOR)}
 
 
 def input_codec(kind: str) -> InputCodec:

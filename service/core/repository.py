@@ -25,7 +25,8 @@ from service.codecs import INPUT_CODECS, InputCodec, input_codec
 GradMode = Literal["no_grad", "inference_mode"]
 GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
 
-HUGGINGFACE_TASKS = ("feature-extraction",)
+# the huggingface runtime's tasks, and the input kind each takes
+HUGGINGFACE_TASKS = {"feature-extraction": "text", "rerank": "text_pair"}
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
@@ -163,8 +164,14 @@ class ModelSpec(BaseModel):
     def _check_name(self) -> ModelSpec:
         if not _NAME.match(self.name):
             raise ValueError(f"model name {self.name!r} must match {_NAME.pattern}")
-        if self.runtime == "huggingface" and self.task not in HUGGINGFACE_TASKS:
-            raise ValueError(f"the huggingface runtime serves tasks {HUGGINGFACE_TASKS}, not {self.task!r}")
+        if self.runtime == "huggingface":
+            kind = HUGGINGFACE_TASKS.get(self.task)
+            if kind is None:
+                raise ValueError(
+                    f"the huggingface runtime serves tasks {sorted(HUGGINGFACE_TASKS)}, not {self.task!r}"
+                )
+            if self.inputs.kind != kind:
+                raise ValueError(f"task {self.task} takes inputs of kind {kind!r}, not {self.inputs.kind!r}")
         if self.runtime == "huggingface" and self.weights.checksum_file is not None:
             raise ValueError(
                 "a huggingface folder is checksummed whole (sha256 of its manifest): drop checksum_file"
@@ -399,6 +406,11 @@ class ModelRepository:
         refuse_remote_code(name, folder)
         inferred = infer_task(folder)
         task = task or inferred.task
+        if task not in HUGGINGFACE_TASKS:
+            raise ModelError(
+                f"model {name!r}: {folder} is a {task} model; the huggingface runtime serves "
+                f"{', '.join(sorted(HUGGINGFACE_TASKS))} (pass --task if the guess is wrong)"
+            )
         digest = sha256 or sha256_folder(folder)
         try:
             spec = ModelSpec(
@@ -408,8 +420,8 @@ class ModelRepository:
                 description=f"served from {folder}",
                 runtime="huggingface",
                 weights=WeightsSpec(path=".", sha256=digest),
-                inputs=InputSpec(kind="text", max_items=256),
-                outputs=OutputSpec(size=inferred.size),
+                inputs=InputSpec(kind=HUGGINGFACE_TASKS[task], max_items=256),
+                outputs=OutputSpec(size=1 if task == "rerank" else inferred.size),
                 max_batch_size=32,
                 max_batch_tokens=8192,
                 batch_timeout=0.005,

@@ -6,8 +6,10 @@ Preprocessing is the folder's own tokenizer and configuration, so the outputs eq
 safetensors weights are read, with ``local_files_only``; a folder that needs
 ``trust_remote_code`` (its own code) is refused.
 
-Tasks this round: ``feature-extraction`` (sentence embeddings: a sentence-transformers folder's
-pooling, normalisation and ``max_seq_length``; a bare encoder gets mean pooling, unnormalised).
+Tasks: ``feature-extraction`` (sentence embeddings: a sentence-transformers folder's pooling,
+normalisation and ``max_seq_length``; a bare encoder gets mean pooling, unnormalised) and
+``rerank`` (a one-label ``*ForSequenceClassification`` cross-encoder: sigmoid of its logit per
+query-document pair).
 """
 
 from __future__ import annotations
@@ -95,12 +97,63 @@ class SentenceEmbedder:
         return rows
 
 
+class PairScorer:
+    """A cross-encoder: each ``[query, document]`` pair tokenized together (truncated to the
+    model's window, longest half first), one logit, sigmoid: sentence-transformers' CrossEncoder."""
+
+    def __init__(self, tokenizer: Any, module: torch.nn.Module, max_length: int, device: str) -> None:
+        self.tokenizer = tokenizer
+        self.module = module
+        self.max_length = max_length
+        self.device = device
+
+    def _encode(self, pairs: Sequence[Sequence[str]], **options: Any) -> Any:
+        queries = [pair[0] for pair in pairs]
+        documents = [pair[1] for pair in pairs]
+        return self.tokenizer(queries, documents, truncation=True, max_length=self.max_length, **options)
+
+    def costs(self, inputs: Sequence[Sequence[str]]) -> list[int]:
+        """Tokens of each pair after truncation, special tokens included."""
+        encoded = self._encode(inputs, return_attention_mask=False, return_token_type_ids=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def preprocess(self, inputs: Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
+        encoded = self._encode(inputs, padding=True, return_tensors="pt")
+        return {key: value.to(self.device) for key, value in encoded.items()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits: torch.Tensor = self.module(**batch).logits
+        return torch.sigmoid(logits)
+
+    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
+        rows: list[list[float]] = output.detach().cpu().tolist()
+        return rows
+
+
 def load(spec: ModelSpec, folder: Path, device: str) -> Any:
     """The model of ``spec.task`` from a verified folder."""
     refuse_remote_code(spec.name, folder)
     if spec.task == "feature-extraction":
         return load_embedder(spec, folder, device)
+    if spec.task == "rerank":
+        return load_scorer(spec, folder, device)
     raise ModelError(f"model {spec.name!r}: the huggingface runtime does not serve task {spec.task!r}")
+
+
+def load_scorer(spec: ModelSpec, folder: Path, device: str) -> PairScorer:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    module = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )
+    if module.config.num_labels != 1:
+        raise ModelError(
+            f"model {spec.name!r}: a reranker has one label, {folder} has {module.config.num_labels}"
+        )
+    module.to(device).eval()
+    positions = int(getattr(module.config, "max_position_embeddings", 512))
+    return PairScorer(tokenizer, module, min(int(tokenizer.model_max_length), positions), device)
 
 
 def sentence_transformers_layout(folder: Path) -> tuple[str, bool, int | None]:

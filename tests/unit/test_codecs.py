@@ -15,11 +15,22 @@ pytestmark = pytest.mark.unit
 
 SPECS = {
     "text": InputSpec(kind="text", max_length=12, max_items=4),
+    "text_pair": InputSpec(kind="text_pair", max_length=12, max_items=4),
     "vector": InputSpec(kind="vector", dim=3, max_items=4),
 }
-GOOD: dict[str, Any] = {"text": "hello", "vector": [1, 2.5, -3]}
+GOOD: dict[str, Any] = {"text": "hello", "text_pair": ["a query", "a document"], "vector": [1, 2.5, -3]}
 BAD: dict[str, list[Any]] = {
     "text": [3, None, "x" * 13, ["a"]],
+    "text_pair": [
+        "q\td",
+        ["q"],
+        ["q", "d", "e"],
+        ["q", ""],
+        ["", "d"],
+        ["q", 3],
+        ["q", "x" * 13],
+        [None, "d"],
+    ],
     "vector": ["1,2,3", [1, 2], [1, 2, float("nan")], [1, 2, 1e39], [True, 1, 2]],
 }
 
@@ -39,7 +50,7 @@ class Elements:
 
 def test_every_declared_kind_has_a_codec_and_an_unknown_one_is_refused() -> None:
     assert set(INPUT_CODECS) == set(SPECS)
-    with pytest.raises(ValidationError, match="Input should be 'text' or 'vector'"):
+    with pytest.raises(ValidationError, match="Input should be 'text' or 'text_pair' or 'vector'"):
         InputSpec(kind="pair")
 
 
@@ -95,3 +106,14 @@ def test_v2_vector_tensors() -> None:
     assert codec.v2_values(spec, "X", "FP32", 2, Elements([1, 2, 3, 4, 5, 6])) == [[1, 2, 3], [4, 5, 6]]
     with pytest.raises(CodecError, match="must be FP32"):
         codec.v2_values(spec, "X", "BYTES", 1, Elements(["a"]))
+
+
+def test_v2_pair_tensors() -> None:
+    spec, codec = SPECS["text_pair"], input_codec("text_pair")
+    assert codec.v2_metadata(spec) == {"datatype": "BYTES", "shape": [-1, 2]}
+    assert codec.v2_shape_error(spec, [3, 2]) is None
+    assert codec.v2_shape_error(spec, [3]) is not None and codec.v2_shape_error(spec, [3, 1]) is not None
+    pairs = codec.v2_values(spec, "PAIR", "BYTES", 2, Elements(["q1", "d1", "q2", "d2"]))
+    assert pairs == [["q1", "d1"], ["q2", "d2"]]
+    with pytest.raises(CodecError, match="element 1: the document is empty"):
+        codec.v2_values(spec, "PAIR", "BYTES", 1, Elements(["q", ""]))

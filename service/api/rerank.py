@@ -1,0 +1,171 @@
+"""Cohere-compatible rerank: ``POST /v1/rerank`` and ``POST /v2/rerank``.
+
+A query and its documents become one ``[query, document]`` input per document for a served
+``rerank`` model; they go through the same dispatch core (admission, deadline, length-aware
+batching of the pairs, metrics) as every other request, so a rerank of 100 documents is spread
+over forwards like any other traffic. The answer is Cohere's: ``{"id", "results": [{"index",
+"relevance_score", "document"?: {"text"}}], "meta"}``, sorted by score, best first, cut to
+``top_n``; the ``cohere`` SDK's ``Client.rerank`` (v1) and ``ClientV2.rerank`` (v2) work
+unchanged with ``base_url`` pointing here. Scores are the cross-encoder's sigmoid of its logit.
+
+Documents longer than the model's window are truncated (as TEI and Infinity do), not chunked:
+``max_tokens_per_doc`` (v2) and ``max_chunks_per_doc`` (v1) are accepted and validated, and a
+document is scored on what fits beside the query. Errors are Cohere's shape ``{"message": "..."}``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from service import metrics
+from service.api.auth import require_api_key
+from service.api.dispatch import request_deadline
+from service.api.errors import ApiError, current_request_id, json_response
+from service.api.state import ModelRoute, ServiceState, service_state
+from service.api.uploads import read_body
+
+RERANK_TASK = "rerank"
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    model: str
+    query: str
+    documents: list[str]
+    top_n: int
+    return_documents: bool
+
+
+def parse_rerank_body(body: bytes, version: int, state: ServiceState) -> tuple[ModelRoute, RerankRequest]:
+    """Validate a rerank body (``version`` 1 or 2) against the served rerank models; raises
+    :class:`ApiError` naming the field."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    route = _model(payload.get("model"), version, state)
+    query = payload.get("query")
+    if not isinstance(query, str) or not query:
+        raise ApiError(400, "'query' must be a non-empty string")
+    raw = payload.get("documents")
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "'documents' must be a non-empty list of strings (or of {\"text\": ...} objects)")
+    limits = route.spec.inputs
+    if len(raw) > limits.max_items:
+        raise ApiError(413, f"'documents' has {len(raw)} items; the model takes at most {limits.max_items}")
+    check = limits.codec.record_check(limits)
+    documents: list[str] = []
+    for index, item in enumerate(raw):
+        text = item.get("text") if isinstance(item, dict) and version == 1 else item
+        if not isinstance(text, str):
+            shape = 'strings or {"text": ...} objects' if version == 1 else "strings"
+            raise ApiError(400, f"documents[{index}] must be a string ('documents' holds {shape})")
+        problem = check([query, text])
+        if problem is not None:
+            raise ApiError(400, f"documents[{index}]: {problem}")
+        documents.append(text)
+    top_n = _positive(payload.get("top_n"), "top_n", default=len(documents))
+    for limit in ("max_tokens_per_doc", "max_chunks_per_doc"):
+        _positive(payload.get(limit), limit, default=1)
+    return_documents = payload.get("return_documents", False)
+    if not isinstance(return_documents, bool):
+        raise ApiError(400, "'return_documents' must be true or false")
+    request = RerankRequest(route.name, query, documents, min(top_n, len(documents)), return_documents)
+    return route, request
+
+
+def _model(name: Any, version: int, state: ServiceState) -> ModelRoute:
+    rerankers = [route for route in state.routes.values() if route.spec.task == RERANK_TASK]
+    if name is None and version == 1 and len(rerankers) == 1:
+        return rerankers[0]  # v1 makes 'model' optional: the one reranker served
+    if not isinstance(name, str) or not name:
+        served = ", ".join(route.name for route in rerankers) or "none"
+        raise ApiError(400, f"'model' is required: a served rerank model (served: {served})")
+    route = state.route(name)
+    if route.spec.task != RERANK_TASK:
+        raise ApiError(400, f"model {name!r} is a {route.spec.task} model, not a reranker")
+    return route
+
+
+def _positive(value: Any, field: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(400, f"'{field}' must be a positive integer")
+    return value
+
+
+def encode_rerank_response(request: RerankRequest, scores: list[float], version: int, tokens: int) -> bytes:
+    ranked = sorted(range(len(scores)), key=lambda index: (-scores[index], index))[: request.top_n]
+    results = []
+    for index in ranked:
+        result: dict[str, Any] = {"index": index, "relevance_score": scores[index]}
+        if request.return_documents:
+            result["document"] = {"text": request.documents[index]}
+        results.append(result)
+    meta = {
+        "api_version": {"version": str(version)},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": tokens},
+    }
+    return orjson.dumps({"id": current_request_id(), "results": results, "meta": meta})
+
+
+async def rerank(request: Request, version: int, endpoint: str) -> Response:
+    state = service_state(request)
+    started, arrived = time.perf_counter(), time.monotonic()
+    code, model = 500, ""
+    try:
+        require_api_key(request)
+        settings = state.settings
+        deadline = request_deadline(
+            request.headers, arrived, settings.request_timeout, settings.max_request_timeout
+        )
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+        route, parsed = parse_rerank_body(body, version, state)
+        model = route.name
+        pairs = [[parsed.query, document] for document in parsed.documents]
+        result = await state.dispatcher.predict(route, request, pairs, deadline)
+        scores = [float(output[0]) for output in result.outputs]
+        code = 200
+        return Response(
+            encode_rerank_response(parsed, scores, version, result.tokens), media_type="application/json"
+        )
+    except ApiError as exc:
+        code = exc.status
+        return json_response({"message": exc.message}, exc.status, exc.headers)
+    finally:
+        state.observe(model, endpoint, started, code)
+
+
+async def rerank_v1(request: Request) -> Response:
+    """Cohere v1 rerank."""
+    return await rerank(request, 1, metrics.RERANK_V1_ENDPOINT)
+
+
+async def rerank_v2(request: Request) -> Response:
+    """Cohere v2 rerank."""
+    return await rerank(request, 2, metrics.RERANK_V2_ENDPOINT)
+
+
+def register(app: FastAPI) -> None:
+    for path, handler in ((metrics.RERANK_V1_ENDPOINT, rerank_v1), (metrics.RERANK_V2_ENDPOINT, rerank_v2)):
+        app.add_api_route(
+            path,
+            handler,
+            methods=["POST"],
+            tags=["rerank"],
+            summary="Rerank documents for a query (Cohere-compatible)",
+            responses={
+                200: {"description": "results sorted by relevance_score, best first"},
+                **{status: {"description": '{"message": ...}'} for status in (400, 401, 404, 413, 503, 504)},
+            },
+        )

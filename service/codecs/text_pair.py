@@ -1,0 +1,93 @@
+"""The ``text_pair`` kind: a query and a document, ``[query, document]``, each a non-empty string
+of at most ``max_length`` characters (what a cross-encoder reranker scores)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field, StrictStr
+
+from service.codecs.base import CodecError, RecordCheck, TensorData, type_name
+
+if TYPE_CHECKING:
+    from service.core.repository import InputSpec
+
+HALVES = ("query", "document")
+
+
+class TextPairCodec:
+    kind = "text_pair"
+    noun = "query-document pairs"
+    json_in_text_files = True  # a csv cell or txt line holds the pair as a JSON array
+    openai_input = False
+
+    def check_spec(self, spec: InputSpec) -> None:
+        return None
+
+    def example(self, spec: InputSpec) -> Any:
+        return [
+            "What is the weather like?"[: spec.max_length],
+            "It is sunny and warm today."[: spec.max_length],
+        ]
+
+    def fits(self, spec: InputSpec, value: Any) -> bool:
+        return self.record_check(spec)(value) is None
+
+    def item_type(self, spec: InputSpec) -> Any:
+        half = Annotated[StrictStr, Field(min_length=1, max_length=spec.max_length)]
+        return Annotated[list[half], Field(min_length=2, max_length=2)]
+
+    def record_check(self, spec: InputSpec) -> RecordCheck:
+        max_length = spec.max_length
+
+        def check_pair(value: Any) -> str | None:
+            if not isinstance(value, list) or len(value) != 2:
+                return f"the input must be a [query, document] pair of strings, got {type_name(value)}"
+            for half, text in zip(HALVES, value, strict=True):
+                if not isinstance(text, str):
+                    return f"the {half} must be a string, got {type_name(text)}"
+                if not text:
+                    return f"the {half} is empty"
+                if len(text) > max_length:
+                    return f"the {half} has {len(text)} characters; the model accepts at most {max_length}"
+            return None
+
+        return check_pair
+
+    def v2_metadata(self, spec: InputSpec) -> dict[str, Any]:
+        return {"datatype": "BYTES", "shape": [-1, 2]}
+
+    def v2_datatypes(self) -> tuple[str, ...]:
+        return ("BYTES",)
+
+    def v2_shape_error(self, spec: InputSpec, shape: list[int]) -> CodecError | None:
+        if len(shape) == 2 and shape[1] == 2:
+            return None
+        expected = "[N, 2] (query, document)"
+        if len(shape) > 8 or any(d > spec.max_items * 2 for d in shape):
+            return CodecError(
+                f"shape of {len(shape)} dimensions is far past the model's {expected}", too_large=True
+            )
+        return CodecError(f"shape {shape} does not match the model's input shape {expected}")
+
+    def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
+        if datatype != "BYTES":
+            raise CodecError(f"input {name!r} must be BYTES (UTF-8 query and document), got {datatype}")
+        texts: list[str] = []
+        for index, item in enumerate(data.strings()):
+            try:
+                text = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CodecError(f"BYTES element {index} is not valid UTF-8 text") from None
+            if not text:
+                raise CodecError(f"BYTES element {index}: the {HALVES[index % 2]} is empty")
+            if len(text) > spec.max_length:
+                raise CodecError(
+                    f"BYTES element {index} has {len(text)} characters; the model accepts at most {spec.max_length}",
+                    too_large=True,
+                )
+            texts.append(text)
+        return [[texts[2 * row], texts[2 * row + 1]] for row in range(rows)]
+
+
+TEXT_PAIR = TextPairCodec()

@@ -1,0 +1,137 @@
+"""The bundled reranker on every way in: the ``cohere`` SDK (v1 and v2 clients), the native route,
+``tritonclient.http`` with pairs; scores and order equal sentence-transformers' CrossEncoder run
+in-process on the same folder, alone and under 32 concurrent clients; bad input is a clear 4xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cohere
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from service.core.repository import ModelRepository
+from tests.support import ServerProcess
+
+QUERY = "What is the capital of France?"
+DOCUMENTS = [
+    "Paris is the capital and largest city of France.",
+    "Bananas are yellow and rich in potassium.",
+    "The Eiffel Tower stands in Paris. " * 120,  # longer than the model's window: truncated
+    "Berlin is the capital of Germany.",
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess(serve=["reranker", "minilm"]) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def expected() -> list[float]:
+    from sentence_transformers import CrossEncoder
+
+    folder = ModelRepository().get("reranker").verified_weights()
+    scores = CrossEncoder(str(folder), device="cpu").predict([[QUERY, d] for d in DOCUMENTS])
+    return [float(score) for score in scores]
+
+
+def ranking(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
+def test_cohere_v2_client_reranks_like_the_cross_encoder(
+    server: ServerProcess, expected: list[float]
+) -> None:
+    client = cohere.ClientV2(api_key="unused", base_url=server.url)
+    answer = client.rerank(model="reranker", query=QUERY, documents=DOCUMENTS, top_n=3)
+    assert [r.index for r in answer.results] == ranking(expected)[:3]
+    for result in answer.results:
+        assert abs(result.relevance_score - expected[result.index]) <= 1e-4
+    assert answer.meta is not None and answer.meta.api_version is not None
+    assert answer.meta.api_version.version == "2"
+
+
+def test_cohere_v1_client_with_document_objects(server: ServerProcess, expected: list[float]) -> None:
+    client = cohere.Client(api_key="unused", base_url=server.url)
+    documents: list[Any] = [{"text": d} for d in DOCUMENTS]
+    answer = client.rerank(query=QUERY, documents=documents, return_documents=True)  # model: the one reranker
+    assert [r.index for r in answer.results] == ranking(expected)
+    for result in answer.results:
+        assert abs(result.relevance_score - expected[result.index]) <= 1e-4
+        assert result.document is not None and result.document.text == DOCUMENTS[result.index]
+
+
+def test_native_and_v2_pairs_and_32_concurrent_clients(server: ServerProcess, expected: list[float]) -> None:
+    pairs = [[QUERY, d] for d in DOCUMENTS]
+    native = server.post("/v1/models/reranker/predict", {"inputs": pairs}).json()["outputs"]
+    assert max(abs(score[0] - want) for score, want in zip(native, expected, strict=True)) <= 1e-4
+    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+        tensor = triton.InferInput("PAIR", [len(pairs), 2], "BYTES")
+        tensor.set_data_from_numpy(np.array(pairs, dtype=object), binary_data=True)
+        result = client.infer("reranker", [tensor], outputs=[triton.InferRequestedOutput("SCORE")])
+        scores = result.as_numpy("SCORE")
+        assert scores is not None and scores.shape == (len(pairs), 1)
+        assert np.abs(scores[:, 0] - np.array(expected)).max() <= 1e-4
+
+    def one(index: int) -> float:
+        body = {"model": "reranker", "query": QUERY, "documents": [DOCUMENTS[index % len(DOCUMENTS)]]}
+        response = server.post("/v2/rerank", body)
+        assert response.status_code == 200, response.text
+        return float(response.json()["results"][0]["relevance_score"])
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        concurrent = list(pool.map(one, range(96)))
+    for index, score in enumerate(concurrent):
+        assert abs(score - expected[index % len(DOCUMENTS)]) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"model": "reranker", "documents": ["d"]}, 400, "'query' must be a non-empty string"),
+        ({"model": "reranker", "query": "", "documents": ["d"]}, 400, "'query' must be a non-empty string"),
+        ({"model": "reranker", "query": "q"}, 400, "'documents' must be a non-empty list"),
+        ({"model": "reranker", "query": "q", "documents": "d"}, 400, "'documents' must be a non-empty list"),
+        (
+            {"model": "reranker", "query": "q", "documents": ["d", ""]},
+            400,
+            "documents[1]: the document is empty",
+        ),
+        ({"model": "reranker", "query": "q", "documents": [3]}, 400, "documents[0] must be a string"),
+        ({"model": "reranker", "query": "q", "documents": ["d"] * 1001}, 413, "at most 1000"),
+        (
+            {"model": "reranker", "query": "q", "documents": ["d"], "top_n": 0},
+            400,
+            "'top_n' must be a positive",
+        ),
+        (
+            {"model": "reranker", "query": "q", "documents": ["d"], "top_n": -2},
+            400,
+            "'top_n' must be a positive",
+        ),
+        ({"query": "q", "documents": ["d"]}, 400, "'model' is required"),
+        ({"model": "minilm", "query": "q", "documents": ["d"]}, 400, "not a reranker"),
+        ({"model": "nope", "query": "q", "documents": ["d"]}, 404, "not served here"),
+    ],
+)
+def test_bad_rerank_bodies_are_a_clear_4xx(
+    server: ServerProcess, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = server.post("/v2/rerank", body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["message"]
+    assert server.client.get("/health/ready").status_code == 200
+
+
+def test_a_reranker_is_not_an_embedding_model(server: ServerProcess) -> None:
+    response = server.post("/v1/embeddings", {"model": "reranker", "input": "q"})
+    assert response.status_code == 400
+    assert "query-document pairs, not text" in response.json()["error"]["message"]
+    refused = server.post("/v1/models/reranker/predict", {"inputs": ["no pair"]})
+    assert refused.status_code == 422
