@@ -28,7 +28,8 @@ FILE = "/v1/models/{name}/predict-file"
 V2_INFER = "/v2/models/{name}/infer"
 V2_VERSIONED_INFER = "/v2/models/{name}/versions/{version}/infer"
 EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = {PREDICT, FILE, V2_INFER, V2_VERSIONED_INFER, EMBEDDINGS}
+RERANK = {"/v1/rerank", "/v2/rerank"}
+ENDPOINTS = {PREDICT, FILE, V2_INFER, V2_VERSIONED_INFER, EMBEDDINGS, *RERANK}
 # the status codes and rejection reasons the service declares (each pre-initialised at 0)
 CODES = set(service_metrics.CODES)
 REASONS = set(service_metrics.REJECT_REASONS)

@@ -223,9 +223,9 @@ def test_every_dashboard_query_returns_data(stack: Stack, title: str, expr: str,
 
 def test_requests_by_protocol_shows_each_protocol(stack: Stack) -> None:
     (expr,) = [expr for title, expr in QUERIES if title == "Requests by protocol"]
-    result = stack.poll(_to_promql(expr, ".*"), lambda r: len(r) == 3)
+    result = stack.poll(_to_promql(expr, ".*"), lambda r: len(r) == 4)
     # every endpoint label starts at 0, so each protocol has a series before its first request
-    assert {item["metric"].get("protocol") for item in result} == {"native", "v2", "openai"}
+    assert {item["metric"].get("protocol") for item in result} == {"native", "v2", "openai", "cohere"}
 
 
 RULES = _alert_rules()
