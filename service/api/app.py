@@ -47,7 +47,7 @@ def register(app: FastAPI, state: ServiceState) -> None:
     health.register(app)
     v2.register(app, state.routes)
     openai.register(app, state)
-    rerank.register(app)
+    rerank.register(app, state)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -156,8 +156,39 @@ async def rerank_v2(request: Request) -> Response:
     return await rerank(request, 2, metrics.RERANK_V2_ENDPOINT)
 
 
-def register(app: FastAPI) -> None:
-    for path, handler in ((metrics.RERANK_V1_ENDPOINT, rerank_v1), (metrics.RERANK_V2_ENDPOINT, rerank_v2)):
+def request_schema(state: ServiceState, version: int) -> dict[str, Any]:
+    """The body the parser accepts, exactly: what the OpenAPI document says (and schemathesis checks)."""
+    rerankers = [route.spec for route in state.routes.values() if route.spec.task == RERANK_TASK]
+    longest = min((spec.inputs.max_length for spec in rerankers), default=1)
+    most = min((spec.inputs.max_items for spec in rerankers), default=1)
+    text = {"type": "string", "minLength": 1, "maxLength": longest}
+    document: dict[str, Any] = text
+    if version == 1:
+        document = {"anyOf": [text, {"type": "object", "required": ["text"], "properties": {"text": text}}]}
+    positive = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}
+    names = [spec.name for spec in rerankers]
+    model: dict[str, Any] = {"type": "string", "enum": names} if names else {"type": "string"}
+    required = ["query", "documents"] if version == 1 and len(names) == 1 else ["model", "query", "documents"]
+    return {
+        "type": "object",
+        "required": required,
+        "properties": {
+            "model": model,
+            "query": text,
+            "documents": {"type": "array", "minItems": 1, "maxItems": most, "items": document},
+            "top_n": positive,
+            "return_documents": {"type": "boolean"},
+            "max_tokens_per_doc": positive,
+            "max_chunks_per_doc": positive,
+        },
+    }
+
+
+def register(app: FastAPI, state: ServiceState) -> None:
+    for version, path, handler in (
+        (1, metrics.RERANK_V1_ENDPOINT, rerank_v1),
+        (2, metrics.RERANK_V2_ENDPOINT, rerank_v2),
+    ):
         app.add_api_route(
             path,
             handler,
@@ -167,5 +198,11 @@ def register(app: FastAPI) -> None:
             responses={
                 200: {"description": "results sorted by relevance_score, best first"},
                 **{status: {"description": '{"message": ...}'} for status in (400, 401, 404, 413, 503, 504)},
+            },
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": request_schema(state, version)}},
+                }
             },
         )

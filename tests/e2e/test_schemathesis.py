@@ -119,3 +119,26 @@ def test_every_operation_conforms_to_the_openapi_document(server: ServerProcess)
     if failures:
         pytest.fail("\n\n".join(failures)[:20_000], pytrace=False)
     assert server.client.get("/health/ready").status_code == 200
+
+
+def test_rerank_operations_conform_to_the_openapi_document() -> None:
+    with ServerProcess(serve=["reranker"]) as server:
+        schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=CONFIG, timeout=30)
+        failures: list[str] = []
+        covered: set[str] = set()
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if not operation.path.endswith("/rerank"):
+                continue
+            for mode in MODES:
+                try:
+                    run_operation(operation, mode, {})
+                except Unsatisfiable:
+                    continue
+                except (Exception, BaseExceptionGroup) as exc:  # report every failing operation
+                    failures.append(f"{operation.label} {mode.value}:\n{describe(exc)}")
+                covered.add(operation.label)
+        assert covered == {"POST /v1/rerank", "POST /v2/rerank"}
+        if failures:
+            pytest.fail("\n\n".join(failures)[:20_000], pytrace=False)
+        assert server.client.get("/health/ready").status_code == 200
