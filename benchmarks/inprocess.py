@@ -69,12 +69,11 @@ def load(model: str, threads: int) -> Any:
     return ModelRepository().get(model)
 
 
-def token_counts(model: Any, texts: list[str]) -> list[int]:
-    """Tokens per text as the model's tokenizer counts them (special tokens, truncation)."""
-    encoded = model.tokenizer(
-        texts, truncation=True, max_length=model.max_seq_length, add_special_tokens=True
-    )["input_ids"]
-    return [len(ids) for ids in encoded]
+def token_counts(model: Any, inputs: list[Any]) -> list[int]:
+    """Tokens per input as the model counts them (its ``costs``: special tokens, truncation; a
+    text, or a query-document pair)."""
+    counts: list[int] = model.costs(inputs)
+    return counts
 
 
 def bucket(costs: list[int], budget: int, cap: int) -> list[list[int]]:

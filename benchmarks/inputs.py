@@ -1,10 +1,12 @@
 """The request inputs every contender receives: deterministic, so runs are comparable.
 
 Workloads:
-- ``short``: one short sentence per request (10 words; a 16-float vector for ``reference``).
+- ``short``: one short sentence per request (10 words; a 16-float vector for ``reference``; for
+  ``reranker`` a 6-word query and a 10-word document).
 - ``mixed``: what a retrieval pipeline sends when it embeds queries and document chunks:
   90% sentences of 8–20 words, 10% paragraphs of 180–230 words (about 256 tokens for
-  minilm, its truncation length), shuffled with a fixed seed. Text models only.
+  minilm, its truncation length), shuffled with a fixed seed (``reranker``: as documents, each
+  with a 6-word query). Text models only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ _TEXT = (
 WORDS = tuple(_TEXT.split(" "))
 
 # what each model answers per input: a 384-float embedding, a 4-float regression
-OUTPUT_DIM = {"minilm": 384, "reference": 4}
+OUTPUT_DIM = {"minilm": 384, "reference": 4, "reranker": 1}
 VECTOR_DIM = 16  # floats per reference-model input
 WORKLOADS = ("short", "mixed")
 
@@ -77,6 +79,10 @@ def model_inputs(model: str, count: int | None = None, workload: str = "short") 
         raise ValueError(f"unknown workload {workload!r}: one of {WORKLOADS}")
     if model == "minilm":
         return mixed_texts(count or 320) if workload == "mixed" else sentences(count or 256)
+    if model == "reranker":  # [query, document]: short queries against the workload's texts as documents
+        documents = mixed_texts(count or 320) if workload == "mixed" else sentences(count or 256, seed=1)
+        queries = sentences(len(documents), words=6, seed=2)
+        return [[query, document] for query, document in zip(queries, documents, strict=True)]
     if model == "reference":
         if workload == "mixed":
             raise ValueError("the mixed workload is text: minilm only")
