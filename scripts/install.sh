@@ -23,8 +23,8 @@ want="$(cat "$root/pyproject.toml" "$root/constraints.txt" "$0" | sha256sum | cu
 # The bundled models made from installed weights (deterministic; their sha256 is pinned in model.yaml).
 make_models() {
   # (the Dockerfile's first layer has no models/ yet: nothing to make there)
-  if [[ -f "$root/models/reranker/make_model.py" && ! -d "$root/models/reranker/folder" ]]; then
-    "$venv/bin/python" "$root/models/reranker/make_model.py" "$root/models/reranker/folder"
+  if [[ -f "$root/models/make_bundled.py" ]]; then
+    "$venv/bin/python" "$root/models/make_bundled.py"
   fi
 }
 

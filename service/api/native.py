@@ -36,12 +36,20 @@ def request_model_for(spec: ModelSpec) -> type[BaseModel]:
     """The pydantic model of ``{"inputs": [...]}`` for one model's declared input limits."""
     limits = spec.inputs
     item: Any = limits.codec.item_type(limits)
+    options: Any = spec.outputs.codec.parameters_type(spec.outputs)
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")
         inputs: Annotated[list[item], Field(min_length=limits.min_items, max_length=limits.max_items)]
 
-    return PredictRequest
+    if options is None:
+        return PredictRequest
+
+    class PredictRequestWithParameters(PredictRequest):
+        model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")
+        parameters: options | None = None  # what the output kind takes (classification: top_k, raw_scores)
+
+    return PredictRequestWithParameters
 
 
 class PredictResponse(BaseModel):
@@ -70,8 +78,10 @@ async def predict(request: Request, name: str) -> Response:
             raise ApiError(422, describe_validation(exc)) from None
         inputs = parsed.inputs  # type: ignore[attr-defined]
         result = await state.dispatcher.predict(route, request, inputs, deadline)
+        outputs = route.spec.outputs
+        answer = outputs.codec.native(outputs, result.outputs, getattr(parsed, "parameters", None))
         code = 200
-        return json_response({"model": name, "version": route.spec.version, "outputs": result.outputs})
+        return json_response({"model": name, "version": route.spec.version, "outputs": answer})
     except ApiError as exc:
         code = exc.status
         return exc.response()

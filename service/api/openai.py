@@ -118,7 +118,11 @@ class OpenAIErrorResponse(BaseModel):
 
 def request_schema(state: ServiceState) -> dict[str, Any]:
     """The ``/v1/embeddings`` body for the served text models (their names, limits and sizes)."""
-    texts = [route.spec for route in state.routes.values() if route.spec.inputs.codec.openai_input]
+    texts = [
+        route.spec
+        for route in state.routes.values()
+        if route.spec.inputs.codec.openai_input and route.spec.outputs.codec.openai_embeddings
+    ]
     longest = max((spec.inputs.max_length or 0 for spec in texts), default=0)
     most = max((spec.inputs.max_items for spec in texts), default=1)
     sizes = sorted(

@@ -111,6 +111,12 @@ def parse_embeddings_request(payload: Any, lookup: Callable[[str], ModelSpec | N
     spec = lookup(model)
     if spec is None:
         raise EmbeddingsError(404, f"the model {model[:64]!r} does not exist", "model", "model_not_found")
+    if not spec.outputs.codec.openai_embeddings:
+        raise EmbeddingsError(
+            400,
+            f"the model {model!r} is a {spec.outputs.kind} model, not an embedding model; use its native or v2 route",
+            "model",
+        )
     if not spec.inputs.codec.openai_input:
         raise EmbeddingsError(
             400,

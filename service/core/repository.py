@@ -20,13 +20,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.codecs import INPUT_CODECS, InputCodec, input_codec
+from service.codecs.outputs import OUTPUT_CODECS, OutputCodec
 
 # how an InferenceSession switches autograd off (defined here, torch-free, for settings and the CLI)
 GradMode = Literal["no_grad", "inference_mode"]
 GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
 
 # the huggingface runtime's tasks, and the input kind each takes
-HUGGINGFACE_TASKS = {"feature-extraction": "text", "rerank": "text_pair"}
+HUGGINGFACE_TASKS = {"feature-extraction": "text", "rerank": "text_pair", "text-classification": "text"}
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
@@ -85,9 +86,21 @@ class OutputSpec(BaseModel):
     # smaller sizes the model was trained to be cut to (Matryoshka): the first d floats, L2-renormalised.
     # Empty: only ``dimensions == size`` is accepted.
     dimensions: tuple[int, ...] = ()
+    # what the floats mean (service.codecs.outputs): embedding | relevance | classification
+    kind: Literal["embedding", "relevance", "classification"] = "embedding"
+    # classification: one label per output float, in the model's order (its id2label)
+    labels: tuple[str, ...] = ()
+    # classification: softmax (one label per input) or sigmoid (multi-label), from the model's problem_type
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+
+    @property
+    def codec(self) -> OutputCodec:
+        return OUTPUT_CODECS[self.kind]
 
     @model_validator(mode="after")
     def _check(self) -> OutputSpec:
+        if self.kind == "classification" and (not self.labels or self.size != len(self.labels)):
+            raise ValueError("a classification output needs 'labels', one per output ('size' floats)")
         if self.dimensions and self.size is None:
             raise ValueError("'dimensions' needs 'size'")
         if self.size is not None and any(not 1 <= d < self.size for d in self.dimensions):
@@ -302,6 +315,25 @@ class FolderKind:
     size: int | None  # floats per output when known (an encoder's hidden size)
 
 
+def folder_outputs(folder: Path, task: str, kind: FolderKind) -> OutputSpec:
+    """What a folder's model answers, for ``task``."""
+    import json
+
+    if task == "rerank":
+        return OutputSpec(kind="relevance", size=1)
+    if task == "text-classification":
+        with open(folder / "config.json", encoding="utf-8") as handle:
+            config = json.load(handle)
+        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+        count = len(id2label) or int(config.get("num_labels", 2))
+        labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(count))
+        multi = config.get("problem_type") == "multi_label_classification"
+        return OutputSpec(
+            kind="classification", size=count, labels=labels, activation="sigmoid" if multi else "softmax"
+        )
+    return OutputSpec(size=kind.size)
+
+
 def infer_task(folder: Path) -> FolderKind:
     """A sentence-transformers folder or a bare encoder is ``feature-extraction``; a
     ``*ForSequenceClassification`` with one label ``rerank``, with more ``text-classification``;
@@ -421,7 +453,7 @@ class ModelRepository:
                 runtime="huggingface",
                 weights=WeightsSpec(path=".", sha256=digest),
                 inputs=InputSpec(kind=HUGGINGFACE_TASKS[task], max_items=256),
-                outputs=OutputSpec(size=1 if task == "rerank" else inferred.size),
+                outputs=folder_outputs(folder, task, inferred),
                 max_batch_size=32,
                 max_batch_tokens=8192,
                 batch_timeout=0.005,

@@ -130,6 +130,68 @@ class PairScorer:
         return rows
 
 
+class TextClassifier:
+    """A ``*ForSequenceClassification`` over single texts: its logits per input, in label order
+    (the API server turns them into labelled scores: service.codecs.outputs)."""
+
+    def __init__(self, tokenizer: Any, module: torch.nn.Module, max_length: int, device: str) -> None:
+        self.tokenizer = tokenizer
+        self.module = module
+        self.max_length = max_length
+        self.device = device
+
+    def costs(self, inputs: Sequence[str]) -> list[int]:
+        encoded = self.tokenizer(
+            list(inputs),
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def preprocess(self, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            list(inputs), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {key: value.to(self.device) for key, value in encoded.items()}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits: torch.Tensor = self.module(**batch).logits
+        return logits
+
+    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
+        rows: list[list[float]] = output.detach().float().cpu().tolist()
+        return rows
+
+
+def folder_labels(config: Any) -> tuple[list[str], str]:
+    """A sequence classifier's labels in id order and its activation (sigmoid for multi-label)."""
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    labels = [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
+    activation = "sigmoid" if config.problem_type == "multi_label_classification" else "softmax"
+    return labels, activation
+
+
+def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    module = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )
+    labels, activation = folder_labels(module.config)
+    declared = (list(spec.outputs.labels), spec.outputs.activation)
+    if declared != (labels, activation):
+        raise ModelError(
+            f"model {spec.name!r}: model.yaml declares labels {declared[0]} ({declared[1]}), "
+            f"the folder has {labels} ({activation})"
+        )
+    module.to(device).eval()
+    positions = int(getattr(module.config, "max_position_embeddings", 512))
+    return TextClassifier(tokenizer, module, min(int(tokenizer.model_max_length), positions), device)
+
+
 def load(spec: ModelSpec, folder: Path, device: str) -> Any:
     """The model of ``spec.task`` from a verified folder."""
     refuse_remote_code(spec.name, folder)
@@ -137,6 +199,8 @@ def load(spec: ModelSpec, folder: Path, device: str) -> Any:
         return load_embedder(spec, folder, device)
     if spec.task == "rerank":
         return load_scorer(spec, folder, device)
+    if spec.task == "text-classification":
+        return load_classifier(spec, folder, device)
     raise ModelError(f"model {spec.name!r}: the huggingface runtime does not serve task {spec.task!r}")
 
 

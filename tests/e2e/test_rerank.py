@@ -132,6 +132,6 @@ def test_bad_rerank_bodies_are_a_clear_4xx(
 def test_a_reranker_is_not_an_embedding_model(server: ServerProcess) -> None:
     response = server.post("/v1/embeddings", {"model": "reranker", "input": "q"})
     assert response.status_code == 400
-    assert "query-document pairs, not text" in response.json()["error"]["message"]
+    assert "relevance model, not an embedding model" in response.json()["error"]["message"]
     refused = server.post("/v1/models/reranker/predict", {"inputs": ["no pair"]})
     assert refused.status_code == 422
