@@ -267,6 +267,13 @@ class ServerProcess(ServerUnderTest):
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
         return self.client.post(path, json=body, **kwargs)
 
+    def metric(self, sample: str) -> float:
+        """The value of one sample of a scrape (``name{labels}`` as exposed)."""
+        for line in self.client.get("/metrics").text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{sample} not scraped")
+
 
 def left_behind() -> list[str]:
     """What the servers of this test process left in the temp directory: their own folders

@@ -95,3 +95,20 @@ class InputCodec(Protocol):
 def type_name(value: Any) -> str:
     """How a record error names a value's type."""
     return "null" if value is None else type(value).__name__
+
+
+def utf8_elements(raw: list[bytes], max_length: int) -> list[str]:
+    """A BYTES tensor's elements as text: each valid UTF-8 of at most ``max_length`` characters."""
+    texts: list[str] = []
+    for index, item in enumerate(raw):
+        try:
+            text = item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError(f"BYTES element {index} is not valid UTF-8 text") from None
+        if len(text) > max_length:
+            raise CodecError(
+                f"BYTES element {index} has {len(text)} characters; the model accepts at most {max_length}",
+                too_large=True,
+            )
+        texts.append(text)
+    return texts

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, StrictStr
 
-from service.codecs.base import CodecError, RecordCheck, TensorData, type_name
+from service.codecs.base import CodecError, RecordCheck, TensorData, type_name, utf8_elements
 
 if TYPE_CHECKING:
     from service.core.repository import InputSpec
@@ -61,19 +61,7 @@ class TextCodec:
     def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
         if datatype != "BYTES":
             raise CodecError(f"input {name!r} must be BYTES (UTF-8 text), got {datatype}")
-        texts: list[Any] = []
-        limit = spec.max_length
-        for index, item in enumerate(data.strings()):
-            try:
-                text = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CodecError(f"BYTES element {index} is not valid UTF-8 text") from None
-            if len(text) > limit:
-                raise CodecError(
-                    f"BYTES element {index} has {len(text)} characters; the model accepts at most {limit}",
-                    too_large=True,
-                )
-            texts.append(text)
+        texts: list[Any] = utf8_elements(data.strings(), spec.max_length)
         return texts
 
 

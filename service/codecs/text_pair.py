@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, StrictStr
 
-from service.codecs.base import CodecError, RecordCheck, TensorData, type_name
+from service.codecs.base import CodecError, RecordCheck, TensorData, type_name, utf8_elements
 
 if TYPE_CHECKING:
     from service.core.repository import InputSpec
@@ -73,20 +73,10 @@ class TextPairCodec:
     def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
         if datatype != "BYTES":
             raise CodecError(f"input {name!r} must be BYTES (UTF-8 query and document), got {datatype}")
-        texts: list[str] = []
-        for index, item in enumerate(data.strings()):
-            try:
-                text = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CodecError(f"BYTES element {index} is not valid UTF-8 text") from None
+        texts = utf8_elements(data.strings(), spec.max_length)
+        for index, text in enumerate(texts):
             if not text:
                 raise CodecError(f"BYTES element {index}: the {HALVES[index % 2]} is empty")
-            if len(text) > spec.max_length:
-                raise CodecError(
-                    f"BYTES element {index} has {len(text)} characters; the model accepts at most {spec.max_length}",
-                    too_large=True,
-                )
-            texts.append(text)
         return [[texts[2 * row], texts[2 * row + 1]] for row in range(rows)]
 
 

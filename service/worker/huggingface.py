@@ -50,119 +50,82 @@ def pool(mode: str, token_embeddings: torch.Tensor, attention_mask: torch.Tensor
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
-class SentenceEmbedder:
-    """Tokenize (truncated at ``max_seq_length``), encode, pool, optionally L2-normalise."""
+class TokenizedModel:
+    """What the folder models share: the folder's own tokenizer (truncated at ``max_length``), the
+    module, and token counts as the batcher's costs. A subclass says how inputs are tokenized
+    (:meth:`encode`) and what the forward returns."""
+
+    def __init__(self, tokenizer: Any, module: torch.nn.Module, max_length: int, device: str) -> None:
+        self.tokenizer = tokenizer
+        self.module = module
+        self.max_length = max_length
+        self.device = device
+
+    def encode(self, inputs: Sequence[Any], **options: Any) -> Any:
+        """Tokenize single texts (a subclass may tokenize otherwise, e.g. pairs)."""
+        return self.tokenizer(list(inputs), truncation=True, max_length=self.max_length, **options)
+
+    def costs(self, inputs: Sequence[Any]) -> list[int]:
+        """Tokens per input after truncation, special tokens included: the batcher's cost and the
+        usage reported to clients (the fast tokenizer costs ~1% of the forward it precedes)."""
+        encoded = self.encode(inputs, return_attention_mask=False, return_token_type_ids=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def preprocess(self, inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
+        encoded = self.encode(inputs, padding=True, return_tensors="pt")
+        return {key: value.to(self.device) for key, value in encoded.items()}
+
+    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
+        rows: list[list[float]] = output.detach().float().cpu().tolist()
+        return rows
+
+
+class SentenceEmbedder(TokenizedModel):
+    """Encode, pool, optionally L2-normalise (sentence-transformers' bi-encoder)."""
 
     def __init__(
         self,
         tokenizer: Any,
         module: torch.nn.Module,
-        max_seq_length: int,
+        max_length: int,
         pooling: str,
         normalize: bool,
         device: str,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.module = module
-        self.max_seq_length = max_seq_length
+        super().__init__(tokenizer, module, max_length, device)
         self.pooling = pooling
         self.normalize = normalize
-        self.device = device
 
-    def costs(self, inputs: Sequence[str]) -> list[int]:
-        """Tokens per input after truncation, special tokens included: the batcher's cost and the
-        usage reported to clients (the fast tokenizer costs ~1% of the forward it precedes)."""
-        encoded = self.tokenizer(
-            list(inputs),
-            truncation=True,
-            max_length=self.max_seq_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    def preprocess(self, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            list(inputs), padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
-        )
-        return {key: value.to(self.device) for key, value in encoded.items()}
+    @property
+    def max_seq_length(self) -> int:  # sentence-transformers' name for it
+        return self.max_length
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         output = self.module(**batch)
         pooled = pool(self.pooling, output.last_hidden_state, batch["attention_mask"])
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
-    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
-        rows: list[list[float]] = output.detach().cpu().tolist()
-        return rows
 
-
-class PairScorer:
+class PairScorer(TokenizedModel):
     """A cross-encoder: each ``[query, document]`` pair tokenized together (truncated to the
     model's window, longest half first), one logit, sigmoid: sentence-transformers' CrossEncoder."""
 
-    def __init__(self, tokenizer: Any, module: torch.nn.Module, max_length: int, device: str) -> None:
-        self.tokenizer = tokenizer
-        self.module = module
-        self.max_length = max_length
-        self.device = device
-
-    def _encode(self, pairs: Sequence[Sequence[str]], **options: Any) -> Any:
-        queries = [pair[0] for pair in pairs]
-        documents = [pair[1] for pair in pairs]
+    def encode(self, inputs: Sequence[Any], **options: Any) -> Any:
+        queries = [pair[0] for pair in inputs]
+        documents = [pair[1] for pair in inputs]
         return self.tokenizer(queries, documents, truncation=True, max_length=self.max_length, **options)
 
-    def costs(self, inputs: Sequence[Sequence[str]]) -> list[int]:
-        """Tokens of each pair after truncation, special tokens included."""
-        encoded = self._encode(inputs, return_attention_mask=False, return_token_type_ids=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    def preprocess(self, inputs: Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
-        encoded = self._encode(inputs, padding=True, return_tensors="pt")
-        return {key: value.to(self.device) for key, value in encoded.items()}
-
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits: torch.Tensor = self.module(**batch).logits
-        return torch.sigmoid(logits)
-
-    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
-        rows: list[list[float]] = output.detach().cpu().tolist()
-        return rows
+        return torch.sigmoid(self.module(**batch).logits)
 
 
-class TextClassifier:
+class TextClassifier(TokenizedModel):
     """A ``*ForSequenceClassification`` over single texts: its logits per input, in label order
     (the API server turns them into labelled scores: service.codecs.outputs)."""
-
-    def __init__(self, tokenizer: Any, module: torch.nn.Module, max_length: int, device: str) -> None:
-        self.tokenizer = tokenizer
-        self.module = module
-        self.max_length = max_length
-        self.device = device
-
-    def costs(self, inputs: Sequence[str]) -> list[int]:
-        encoded = self.tokenizer(
-            list(inputs),
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    def preprocess(self, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            list(inputs), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {key: value.to(self.device) for key, value in encoded.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits: torch.Tensor = self.module(**batch).logits
         return logits
-
-    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
-        rows: list[list[float]] = output.detach().float().cpu().tolist()
-        return rows
 
 
 def folder_labels(config: Any) -> tuple[list[str], str]:

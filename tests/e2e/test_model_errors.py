@@ -73,23 +73,16 @@ def vector(first: float) -> list[float]:
     return [first] + [0.5] * 15
 
 
-def metric(server: ServerProcess, sample: str) -> float:
-    for line in server.client.get("/metrics").text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{sample} not scraped")
-
-
 def test_a_rejected_input_is_its_clients_422_and_its_batch_mates_are_answered(tmp_path: Path) -> None:
     env = {"SERVICE_REPOSITORY": str(checked_repository(tmp_path))}
     with ServerProcess(serve=["checked"], env=env) as server:
         singles = {i: server.post(PREDICT, {"inputs": [vector(i)]}).json()["outputs"][0] for i in range(1, 6)}
-        started = metric(server, 'inference_batch_size_count{model="checked"}')
+        started = server.metric('inference_queue_duration_seconds_count{model="checked"}')
         with ThreadPoolExecutor(max_workers=7) as pool:
             blocker = pool.submit(server.post, PREDICT, {"inputs": [vector(9)]})
             wait_until(
                 lambda: (
-                    metric(server, 'inference_queue_duration_seconds_count{model="checked"}') >= started + 1
+                    server.metric('inference_queue_duration_seconds_count{model="checked"}') >= started + 1
                 ),
                 "the first forward to start",
             )
@@ -97,7 +90,7 @@ def test_a_rejected_input_is_its_clients_422_and_its_batch_mates_are_answered(tm
             good = {i: pool.submit(server.post, PREDICT, {"inputs": [vector(i)]}) for i in range(1, 6)}
             # all six wait behind the first forward, so they share the next one
             wait_until(
-                lambda: metric(server, 'inference_in_flight_requests{model="checked"}') >= 7,
+                lambda: server.metric('inference_in_flight_requests{model="checked"}') >= 7,
                 "six requests queued behind the forward",
             )
             assert blocker.result().status_code == 200
@@ -112,7 +105,7 @@ def test_a_rejected_input_is_its_clients_422_and_its_batch_mates_are_answered(tm
             assert (
                 max(abs(a - b) for a, b in zip(answer.json()["outputs"][0], singles[i], strict=True)) <= 1e-6
             )
-        assert metric(server, 'inference_forward_retries_total{model="checked"}') >= 1
+        assert server.metric('inference_forward_retries_total{model="checked"}') >= 1
         # in a file, the bad record is an error line and the others are answered
         lines = [orjson.dumps({"id": i, "input": vector(v)}) for i, v in enumerate([1, -3, 2])]
         response = server.client.post(

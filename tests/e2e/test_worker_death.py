@@ -66,13 +66,6 @@ def api_server(server: ServerProcess) -> psutil.Process:
     raise AssertionError("no API server listens on the port")
 
 
-def metric(server: ServerProcess, sample: str) -> float:
-    for line in server.client.get("/metrics").text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{sample} not scraped")
-
-
 def ready(server: ServerProcess) -> bool:
     return server.client.get("/health/ready").status_code == 200
 
@@ -149,7 +142,7 @@ def kill_and_wait_for_replacement(server: ServerProcess, victim: psutil.Process,
     killed = time.monotonic()
     victim.kill()
     sample = 'inference_worker_restarts_total{model="reference"}'
-    wait_until(lambda: metric(server, sample) >= restarts, "the monitor to replace the worker", 30)
+    wait_until(lambda: server.metric(sample) >= restarts, "the monitor to replace the worker", 30)
     wait_until(lambda: ready(server), "the replacement to be ready", 30)
     return killed
 
@@ -161,7 +154,7 @@ def test_killed_worker_of_two_loses_nothing(tmp_path: Path) -> None:
         frozen: list[tuple[float, float]] = []  # (stopped, killed): time the test itself froze a worker
         with load(server, 6, predict_reference) as running:
             for kill in range(1, KILLS + 1):
-                resent = metric(server, 'inference_requests_resent_total{model="reference"}')
+                resent = server.metric('inference_requests_resent_total{model="reference"}')
                 workers = worker_processes(server)
                 assert len(workers) == 2
                 victim = min(workers, key=lambda p: p.create_time())  # serving since the last kill
@@ -176,7 +169,7 @@ def test_killed_worker_of_two_loses_nothing(tmp_path: Path) -> None:
                 if stopped is not None:
                     frozen.append((stopped, killed))
                 if kill % 2 == 0:  # what it held went to the other worker
-                    assert metric(server, 'inference_requests_resent_total{model="reference"}') > resent
+                    assert server.metric('inference_requests_resent_total{model="reference"}') > resent
         outcomes = running.outcomes
         assert len(outcomes) > 100
         assert {o.status for o in outcomes} == {200}, [o.body for o in outcomes if o.status != 200][:5]
@@ -213,7 +206,7 @@ def test_killed_only_worker_answers_what_it_held_503_at_once(tmp_path: Path) -> 
         for killed in kills:
             held = [o for o in outcomes if o.started < killed < o.ended and o.status == 503]
             assert held, "no request was refused for this kill"
-        assert metric(server, 'inference_requests_resent_total{model="reference"}') == 0
+        assert server.metric('inference_requests_resent_total{model="reference"}') == 0
     assert server.group_alive() == []
 
 
@@ -239,14 +232,14 @@ def test_killed_worker_loses_nothing_on_every_protocol(
             killed = time.monotonic()
             victim.kill()
             sample = 'inference_worker_restarts_total{model="minilm"}'
-            wait_until(lambda: metric(server, sample) >= 1, "the monitor to replace the worker", 30)
+            wait_until(lambda: server.metric(sample) >= 1, "the monitor to replace the worker", 30)
             wait_until(lambda: ready(server), "the replacement to be ready", 60)
         outcomes = running.outcomes
         assert {o.status for o in outcomes} == {200}, [o.body for o in outcomes if o.status != 200][:5]
         held = [o for o in outcomes if o.started < killed - 0.5 and o.ended > killed]
         assert held and all(o.ended - killed < 2.0 for o in held)
         assert all(o.ended - o.started < 2.0 for o in outcomes if o.started >= killed)
-        assert metric(server, 'inference_requests_resent_total{model="minilm"}') >= 1
+        assert server.metric('inference_requests_resent_total{model="minilm"}') >= 1
 
 
 def test_killed_worker_ends_a_file_stream_with_an_error_record(tmp_path: Path) -> None:
@@ -296,7 +289,7 @@ def test_stopped_worker_costs_only_its_own_requests(tmp_path: Path) -> None:
         for outcome in timed_out():
             assert outcome.started >= stopped - 0.5 and outcome.ended - outcome.started < 2.0
             assert "deadline" in outcome.body["error"]
-        assert metric(server, 'inference_worker_restarts_total{model="reference"}') == 0
+        assert server.metric('inference_worker_restarts_total{model="reference"}') == 0
 
 
 def test_a_killed_runs_folders_are_removed_at_the_next_start() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,20 +14,6 @@ from service.runtime.pipes import PipeSet, PipeWorkerChannel, WorkerPipes
 from service.runtime.routing import PipeRequestChannel
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def make_pipes() -> Iterator[Callable[..., PipeSet]]:
-    """PipeSets that are closed after the test (their control sockets included)."""
-    made: list[PipeSet] = []
-
-    def make(workers: dict[str, int], api_servers: int) -> PipeSet:
-        made.append(PipeSet(workers, api_servers))
-        return made[-1]
-
-    yield make
-    for pipes in made:
-        pipes.close()
 
 
 def echo_worker(pipes: WorkerPipes, total: int) -> None:

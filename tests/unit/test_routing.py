@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -20,20 +20,6 @@ from service.runtime.pipes import PipeSet, PipeWorkerChannel
 from service.runtime.routing import FILE_LOST, PipeMailbox, PipeRequestChannel
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def make_pipes() -> Iterator[Callable[..., PipeSet]]:
-    """PipeSets that are closed after the test (their control sockets included)."""
-    made: list[PipeSet] = []
-
-    def make(workers: dict[str, int], api_servers: int) -> PipeSet:
-        made.append(PipeSet(workers, api_servers))
-        return made[-1]
-
-    yield make
-    for pipes in made:
-        pipes.close()
 
 
 def job(*inputs: Any, deadline: float = 1e12) -> PredictJob:
