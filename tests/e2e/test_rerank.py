@@ -10,6 +10,7 @@ from typing import Any
 
 import cohere
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
 
@@ -135,3 +136,20 @@ def test_a_reranker_is_not_an_embedding_model(server: ServerProcess) -> None:
     assert "relevance model, not an embedding model" in response.json()["error"]["message"]
     refused = server.post("/v1/models/reranker/predict", {"inputs": ["no pair"]})
     assert refused.status_code == 422
+
+
+def test_pairs_from_a_file(server: ServerProcess, expected: list[float]) -> None:
+    lines = [orjson.dumps({"id": i, "input": [QUERY, d]}) for i, d in enumerate(DOCUMENTS)]
+    lines.append(orjson.dumps({"id": "empty", "input": [QUERY, ""]}))
+    lines.append(orjson.dumps({"id": "single", "input": "not a pair"}))
+    response = server.client.post(
+        "/v1/models/reranker/predict-file",
+        content=b"\n".join(lines) + b"\n",
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 200
+    records = [orjson.loads(line) for line in response.text.splitlines()]
+    for record, want in zip(records, expected, strict=False):
+        assert abs(record["output"][0] - want) <= 1e-4
+    assert "the document is empty" in records[-2]["error"]
+    assert "[query, document] pair" in records[-1]["error"]
