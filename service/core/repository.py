@@ -293,18 +293,35 @@ class ModelEntry:
         return model
 
 
-def refuse_remote_code(name: str, folder: Path) -> None:
-    """A folder whose config maps classes to its own code (``auto_map``) needs
-    ``trust_remote_code``: code from the folder would run. Refused."""
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder's file (config.json, modules.json, ...)."""
     import json
 
-    with open(folder / "config.json", encoding="utf-8") as handle:
-        config = json.load(handle)
-    if isinstance(config, dict) and config.get("auto_map"):
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return data
+
+
+def refuse_remote_code(name: str, folder: Path, config: dict[str, Any]) -> None:
+    """A folder whose ``config`` (its config.json) maps classes to its own code (``auto_map``) needs
+    ``trust_remote_code``: code from the folder would run. Refused."""
+    if config.get("auto_map"):
         raise ModelError(
             f"model {name!r}: {folder} needs trust_remote_code (its config.json maps classes to code "
             "in the folder); the huggingface runtime runs no code from a model folder"
         )
+
+
+def classifier_labels(config: dict[str, Any]) -> tuple[tuple[str, ...], Literal["softmax", "sigmoid"]]:
+    """A sequence classifier's labels in id order (its ``id2label``) and its activation (sigmoid
+    when its ``problem_type`` is multi-label), from its config.json."""
+    id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    count = len(id2label) or int(config.get("num_labels", 2))
+    labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(count))
+    multi = config.get("problem_type") == "multi_label_classification"
+    return labels, "sigmoid" if multi else "softmax"
 
 
 @dataclass(frozen=True)
@@ -315,41 +332,28 @@ class FolderKind:
     size: int | None  # floats per output when known (an encoder's hidden size)
 
 
-def folder_outputs(folder: Path, task: str, kind: FolderKind) -> OutputSpec:
+def folder_outputs(task: str, kind: FolderKind, config: dict[str, Any]) -> OutputSpec:
     """What a folder's model answers, for ``task``."""
-    import json
-
     if task == "rerank":
         return OutputSpec(kind="relevance", size=1)
     if task == "text-classification":
-        with open(folder / "config.json", encoding="utf-8") as handle:
-            config = json.load(handle)
-        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
-        count = len(id2label) or int(config.get("num_labels", 2))
-        labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(count))
-        multi = config.get("problem_type") == "multi_label_classification"
-        return OutputSpec(
-            kind="classification", size=count, labels=labels, activation="sigmoid" if multi else "softmax"
-        )
+        labels, activation = classifier_labels(config)
+        return OutputSpec(kind="classification", size=len(labels), labels=labels, activation=activation)
     return OutputSpec(size=kind.size)
 
 
-def infer_task(folder: Path) -> FolderKind:
+def infer_task(folder: Path, config: dict[str, Any]) -> FolderKind:
     """A sentence-transformers folder or a bare encoder is ``feature-extraction``; a
     ``*ForSequenceClassification`` with one label ``rerank``, with more ``text-classification``;
     ``*ForImageClassification`` ``image-classification``."""
-    import json
-
-    with open(folder / "config.json", encoding="utf-8") as handle:
-        config = json.load(handle)
     architectures = [str(a) for a in config.get("architectures") or []]
     size = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
     if (folder / "modules.json").is_file():
         return FolderKind("feature-extraction", size)
     for architecture in architectures:
         if architecture.endswith("ForSequenceClassification"):
-            labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
-            return FolderKind("rerank" if labels == 1 else "text-classification", labels)
+            labels, _ = classifier_labels(config)
+            return FolderKind("rerank" if len(labels) == 1 else "text-classification", len(labels))
         if architecture.endswith("ForImageClassification"):
             return FolderKind("image-classification", None)
     if not architectures or any(a.endswith("Model") for a in architectures):
@@ -435,8 +439,9 @@ class ModelRepository:
             raise ModelError(f"model {name!r} is already in the repository {self.root}")
         if not (folder / "config.json").is_file():
             raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
-        refuse_remote_code(name, folder)
-        inferred = infer_task(folder)
+        config = read_json(folder / "config.json")
+        refuse_remote_code(name, folder, config)
+        inferred = infer_task(folder, config)
         task = task or inferred.task
         if task not in HUGGINGFACE_TASKS:
             raise ModelError(
@@ -453,7 +458,7 @@ class ModelRepository:
                 runtime="huggingface",
                 weights=WeightsSpec(path=".", sha256=digest),
                 inputs=InputSpec(kind=HUGGINGFACE_TASKS[task], max_items=256),
-                outputs=folder_outputs(folder, task, inferred),
+                outputs=folder_outputs(task, inferred, config),
                 max_batch_size=32,
                 max_batch_tokens=8192,
                 batch_timeout=0.005,

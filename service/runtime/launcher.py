@@ -50,8 +50,11 @@ def preflight(settings: Settings) -> ModelRepository:
                 name,
                 entry.spec.weights.sha256,
             )
+    # a folder whose digest was just computed need not be hashed again (its workers verify it)
+    hashed = {name for name in settings.folders if name not in settings.folder_sha256}
     for name in settings.serve:
-        repository.get(name).verified_weights()
+        if name not in hashed:
+            repository.get(name).verified_weights()
     return repository
 
 

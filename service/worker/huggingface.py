@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from service.core.repository import ModelError, ModelSpec, refuse_remote_code
+from service.core.repository import ModelError, ModelSpec, classifier_labels, read_json, refuse_remote_code
 
 POOLING_MODES = ("mean", "cls", "max")
 # sentence-transformers' Pooling config flag of each mode we implement
@@ -30,12 +30,6 @@ _POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
 }
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        data: dict[str, Any] = json.load(handle)
-    return data
 
 
 def pool(mode: str, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -128,14 +122,6 @@ class TextClassifier(TokenizedModel):
         return logits
 
 
-def folder_labels(config: Any) -> tuple[list[str], str]:
-    """A sequence classifier's labels in id order and its activation (sigmoid for multi-label)."""
-    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
-    labels = [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
-    activation = "sigmoid" if config.problem_type == "multi_label_classification" else "softmax"
-    return labels, activation
-
-
 def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -143,8 +129,8 @@ def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifie
     module = AutoModelForSequenceClassification.from_pretrained(
         str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
     )
-    labels, activation = folder_labels(module.config)
-    declared = (list(spec.outputs.labels), spec.outputs.activation)
+    labels, activation = classifier_labels(read_json(folder / "config.json"))
+    declared = (spec.outputs.labels, spec.outputs.activation)
     if declared != (labels, activation):
         raise ModelError(
             f"model {spec.name!r}: model.yaml declares labels {declared[0]} ({declared[1]}), "
@@ -157,7 +143,7 @@ def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifie
 
 def load(spec: ModelSpec, folder: Path, device: str) -> Any:
     """The model of ``spec.task`` from a verified folder."""
-    refuse_remote_code(spec.name, folder)
+    refuse_remote_code(spec.name, folder, read_json(folder / "config.json"))
     if spec.task == "feature-extraction":
         return load_embedder(spec, folder, device)
     if spec.task == "rerank":
