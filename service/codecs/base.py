@@ -112,3 +112,13 @@ def utf8_elements(raw: list[bytes], max_length: int) -> list[str]:
             )
         texts.append(text)
     return texts
+
+
+def shape_mismatch(shape: list[int], expected: str, largest: int) -> CodecError:
+    """Why a v2 ``shape`` is not the model's ``expected`` one: past ``largest`` elements in any
+    dimension (or 8 dimensions) it is too large (413), else it does not match (400)."""
+    if len(shape) > 8 or any(d > largest for d in shape):
+        return CodecError(
+            f"shape of {len(shape)} dimensions is far past the model's {expected}", too_large=True
+        )
+    return CodecError(f"shape {shape} does not match the model's input shape {expected}")

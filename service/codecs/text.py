@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, StrictStr
 
-from service.codecs.base import CodecError, RecordCheck, TensorData, type_name, utf8_elements
+from service.codecs.base import CodecError, RecordCheck, TensorData, shape_mismatch, type_name, utf8_elements
 
 if TYPE_CHECKING:
     from service.core.repository import InputSpec
@@ -51,12 +51,7 @@ class TextCodec:
     def v2_shape_error(self, spec: InputSpec, shape: list[int]) -> CodecError | None:
         if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
             return None
-        expected = "[N] or [N, 1]"
-        if len(shape) > 8 or any(d > spec.max_items for d in shape):
-            return CodecError(
-                f"shape of {len(shape)} dimensions is far past the model's {expected}", too_large=True
-            )
-        return CodecError(f"shape {shape} does not match the model's input shape {expected}")
+        return shape_mismatch(shape, "[N] or [N, 1]", spec.max_items)
 
     def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
         if datatype != "BYTES":

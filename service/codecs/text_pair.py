@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, StrictStr
 
-from service.codecs.base import CodecError, RecordCheck, TensorData, type_name, utf8_elements
+from service.codecs.base import CodecError, RecordCheck, TensorData, shape_mismatch, type_name, utf8_elements
 
 if TYPE_CHECKING:
     from service.core.repository import InputSpec
@@ -63,12 +63,7 @@ class TextPairCodec:
     def v2_shape_error(self, spec: InputSpec, shape: list[int]) -> CodecError | None:
         if len(shape) == 2 and shape[1] == 2:
             return None
-        expected = "[N, 2] (query, document)"
-        if len(shape) > 8 or any(d > spec.max_items * 2 for d in shape):
-            return CodecError(
-                f"shape of {len(shape)} dimensions is far past the model's {expected}", too_large=True
-            )
-        return CodecError(f"shape {shape} does not match the model's input shape {expected}")
+        return shape_mismatch(shape, "[N, 2] (query, document)", spec.max_items * 2)
 
     def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
         if datatype != "BYTES":

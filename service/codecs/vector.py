@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, StrictFloat
 
-from service.codecs.base import FLOAT32_MAX, CodecError, RecordCheck, TensorData, type_name
+from service.codecs.base import FLOAT32_MAX, CodecError, RecordCheck, TensorData, shape_mismatch, type_name
 
 if TYPE_CHECKING:
     from service.core.repository import InputSpec
@@ -66,12 +66,7 @@ class VectorCodec:
         dim = spec.dim or 1
         if len(shape) == 2 and shape[1] == dim:
             return None
-        expected = f"[N, {spec.dim}]"
-        if len(shape) > 8 or any(d > spec.max_items * dim for d in shape):
-            return CodecError(
-                f"shape of {len(shape)} dimensions is far past the model's {expected}", too_large=True
-            )
-        return CodecError(f"shape {shape} does not match the model's input shape {expected}")
+        return shape_mismatch(shape, f"[N, {spec.dim}]", spec.max_items * dim)
 
     def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
         if datatype not in self.v2_datatypes():
