@@ -181,7 +181,9 @@ class OutputTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[float] | None = None  # absent when the tensor follows the header as binary data
+    # floats; "value:index:label" strings with the classification extension; absent when the
+    # tensor follows the header as binary data
+    data: list[float] | list[str] | None = None
     parameters: dict[str, Any] | None = None  # {"binary_data_size": n} for a binary tensor
 
 

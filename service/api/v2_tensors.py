@@ -8,7 +8,9 @@ extension): ``Inference-Header-Content-Length`` gives the JSON length, each bina
 Our models take one input tensor and give one output tensor, named in ``model.yaml``:
 - a text model takes ``BYTES`` of shape ``[N]`` or ``[N, 1]`` (UTF-8 strings);
 - a vector model takes ``FP32`` of shape ``[N, dim]``;
-- both answer ``FP32`` of shape ``[N, size]``.
+- both answer ``FP32`` of shape ``[N, size]``; with the classification extension (an output's
+  ``parameters: {"classification": K}``), ``BYTES`` of shape ``[N, min(K, size)]`` instead, each
+  ``"value:index:label"`` (``"value:index"`` when the output has no labels), as Triton answers.
 
 Numbers sent as another datatype than ``FP32`` are converted when no value changes meaning:
 ``FP16`` and ``BF16`` (exact), ``INT8``/``INT16``/``UINT8``/``UINT16`` (exact), ``INT32``/``INT64``/
@@ -37,6 +39,7 @@ from service.core.repository import ModelSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
+CLASSIFICATION_EXTENSION = "classification"
 PLATFORM = "pytorch"
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -71,10 +74,12 @@ class TensorError(Exception):
 
 @dataclass(frozen=True)
 class RequestedOutput:
-    """One entry of the request's ``outputs``: its name and whether it wants binary data (None: not said)."""
+    """One entry of the request's ``outputs``: its name, whether it wants binary data (None: not
+    said) and its classification extension count (None: the tensor itself)."""
 
     name: str
     binary_data: bool | None = None
+    classification: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,13 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...] = ()
     binary_data_output: bool = False
     parameters: Mapping[str, Any] = field(default_factory=dict)  # as sent; unknown keys are ignored
+
+    def classification(self, name: str) -> int | None:
+        """The ``classification`` count asked for output ``name`` (None: not asked)."""
+        for output in self.outputs:
+            if output.name == name:
+                return output.classification
+        return None
 
     def binary_output(self, name: str) -> bool:
         """Whether output ``name`` goes back as binary data: its own ``binary_data``, else the request's."""
@@ -178,11 +190,16 @@ def _requested_outputs(spec: ModelSpec, raw: Any) -> tuple[RequestedOutput, ...]
         if any(output.name == name for output in seen):
             raise TensorError(400, f"output {name!r} is requested twice")
         parameters = _object(entry.get("parameters"), f"outputs[{index}].parameters")
-        for unsupported in ("shared_memory_region", "classification"):
-            if unsupported in parameters:
-                raise TensorError(400, f"outputs[{index}]: '{unsupported}' is not supported")
+        if "shared_memory_region" in parameters:
+            raise TensorError(400, f"outputs[{index}]: 'shared_memory_region' is not supported")
         binary = _flag(parameters.get("binary_data"), f"outputs[{index}].parameters.binary_data")
-        seen.append(RequestedOutput(name, binary))
+        count = parameters.get("classification")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise TensorError(
+                400,
+                f"outputs[{index}].parameters.classification must be a positive integer, got {count!r:.40}",
+            )
+        seen.append(RequestedOutput(name, binary, count))
     return tuple(seen)
 
 
@@ -421,12 +438,20 @@ def encode_infer_response(
     if array.ndim != 2:
         array = array.reshape(len(request.inputs), -1)
     name = spec.tensors.output
-    tensor: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+    count = request.classification(name)
+    tensor: dict[str, Any]
+    if count is None:
+        tensor = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+        payload, data = array.tobytes(), array.reshape(-1)
+    else:
+        classes = classify(array, count, spec.outputs.labels)
+        tensor = {"name": name, "datatype": "BYTES", "shape": [array.shape[0], min(count, array.shape[1])]}
+        payload, data = _bytes_payload(classes), classes
     binary = request.binary_output(name)
     if binary:
-        tensor["parameters"] = {"binary_data_size": array.nbytes}
+        tensor["parameters"] = {"binary_data_size": len(payload)}
     else:
-        tensor["data"] = array.reshape(-1)
+        tensor["data"] = data
     document: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version}
     if request.id is not None:
         document["id"] = request.id
@@ -435,12 +460,35 @@ def encode_infer_response(
     if not binary:
         return header, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
-    return header + array.tobytes(), headers
+    return header + payload, headers
+
+
+def classify(array: np.ndarray[Any, Any], count: int, labels: Sequence[str]) -> list[str]:
+    """Triton's classification extension: per row, its ``count`` largest values (all of them when
+    the row has fewer), largest first (ties: lower index first), each ``"value:index"`` or
+    ``"value:index:label"`` when the output has labels; values as Triton prints them (``%f``)."""
+    classes: list[str] = []
+    for row in array:
+        order = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))[:count]
+        for i in order:
+            label = f":{labels[i]}" if i < len(labels) else ""
+            classes.append(f"{float(row[i]):f}:{i}{label}")
+    return classes
+
+
+def _bytes_payload(elements: Sequence[str]) -> bytes:
+    """BYTES elements as binary data: each a 4-byte little-endian length, then its UTF-8 bytes."""
+    parts: list[bytes] = []
+    for element in elements:
+        raw = element.encode("utf-8")
+        parts.append(len(raw).to_bytes(_PREFIX, "little"))
+        parts.append(raw)
+    return b"".join(parts)
 
 
 def server_metadata(name: str, version: str) -> dict[str, Any]:
     """The ``GET /v2`` document."""
-    return {"name": name, "version": version, "extensions": [BINARY_EXTENSION]}
+    return {"name": name, "version": version, "extensions": [BINARY_EXTENSION, CLASSIFICATION_EXTENSION]}
 
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:

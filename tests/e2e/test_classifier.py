@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+import tritonclient.http as triton
 
 from service.core.repository import ModelRepository
 from tests.support import ServerProcess
@@ -81,6 +83,31 @@ def test_top_k_and_raw_scores(server: ServerProcess, expected: Any) -> None:
     ).json()
     assert v2["outputs"][0]["name"] == "LOGITS" and v2["outputs"][0]["shape"] == [1, 3]
     assert max(abs(a - b) for a, b in zip(v2["outputs"][0]["data"], logits, strict=True)) <= 1e-4
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_classification_extension(server: ServerProcess, expected: Any, binary: bool) -> None:
+    """``class_count=K`` on LOGITS answers each input's K largest logits as "value:index:label"
+    strings, best first: the labels in the pipeline's order, the values its logits."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder()), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder()), local_files_only=True).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(TEXTS[:3], return_tensors="pt", padding=True)).logits.tolist()
+    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+        assert "classification" in client.get_server_metadata()["extensions"]
+        text = triton.InferInput("TEXT", [3], "BYTES")
+        text.set_data_from_numpy(np.array(TEXTS[:3], dtype=object), binary_data=binary)
+        wanted = triton.InferRequestedOutput("LOGITS", binary_data=binary, class_count=2)
+        result = client.infer("classifier", [text], outputs=[wanted])
+    classes = result.as_numpy("LOGITS")
+    assert classes is not None and classes.shape == (3, 2)
+    for row, want, row_logits in zip(classes.tolist(), expected[:3], logits, strict=True):
+        parts = [(e.decode() if isinstance(e, bytes) else e).split(":") for e in row]
+        assert [label for _, _, label in parts] == [item["label"] for item in want[:2]]
+        for value, index, _ in parts:
+            assert abs(float(value) - row_logits[int(index)]) <= 1e-4
 
 
 @pytest.mark.parametrize(

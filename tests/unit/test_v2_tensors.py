@@ -26,7 +26,7 @@ from service.api.v2_tensors import (
     parse_infer_request,
     server_metadata,
 )
-from service.core.repository import ModelRepository, ModelSpec
+from service.core.repository import ModelRepository, ModelSpec, OutputSpec
 
 SPECS = {name: ModelRepository().get(name).spec for name in ("minilm", "reference")}
 TEXT, VECTOR = SPECS["minilm"], SPECS["reference"]
@@ -75,6 +75,10 @@ def vector_input(data: Any = None, shape: Any = None, datatype: str = "FP32", **
     if data is not None:
         entry["data"] = data
     return {"inputs": [entry]}
+
+
+def vector_input_tensor(rows: int) -> triton.InferInput:
+    return tensor("INPUT", np.zeros((rows, 16), dtype=np.float32), "FP32", binary=True)
 
 
 def refuse(spec: ModelSpec, body: bytes, header: str | None, status: int, match: str) -> None:
@@ -204,7 +208,7 @@ def test_metadata_documents() -> None:
     assert server_metadata("inference-service", "0.1.0") == {
         "name": "inference-service",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "classification"],
     }
     text = model_metadata(TEXT)
     assert text["inputs"] == [{"name": "TEXT", "datatype": "BYTES", "shape": [-1]}]
@@ -327,13 +331,55 @@ def test_output_request_errors() -> None:
         ([{"nom": "OUTPUT"}], "must be an object with a 'name'"),
         ({"name": "OUTPUT"}, "'outputs' must be a list"),
         ([{"name": "OUTPUT", "parameters": {"binary_data": "yes"}}], "true or false"),
-        ([{"name": "OUTPUT", "parameters": {"classification": 3}}], "'classification' is not supported"),
+        (
+            [{"name": "OUTPUT", "parameters": {"classification": 0}}],
+            "classification must be a positive integer",
+        ),
+        (
+            [{"name": "OUTPUT", "parameters": {"classification": "3"}}],
+            "classification must be a positive integer",
+        ),
+        (
+            [{"name": "OUTPUT", "parameters": {"classification": True}}],
+            "classification must be a positive integer",
+        ),
+        (
+            [{"name": "OUTPUT", "parameters": {"shared_memory_region": "r"}}],
+            "'shared_memory_region' is not supported",
+        ),
     ]
     for outputs, message in cases:
         refuse(VECTOR, *raw_request({**good, "outputs": outputs}), 400, message)
     refuse(VECTOR, *raw_request({**good, "parameters": []}), 400, "'parameters' must be a JSON object")
     bad_flag = {**good, "parameters": {"binary_data_output": 1}}
     refuse(VECTOR, *raw_request(bad_flag), 400, "binary_data_output' must be true or false")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_classification_extension_answers_value_index_label_strings(binary: bool) -> None:
+    labelled = VECTOR.model_copy(
+        update={"outputs": OutputSpec(kind="classification", size=4, labels=("a", "b", "c", "d"))}
+    )
+    for spec, suffix in ((VECTOR, ["", ""]), (labelled, [":b", ":d"])):
+        outputs = [triton.InferRequestedOutput("OUTPUT", binary_data=binary, class_count=2)]
+        request = parse_infer_request(spec, *triton_body([vector_input_tensor(2)], outputs))
+        assert request.classification("OUTPUT") == 2
+        answer = [[0.5, 2.25, -1.0, 2.25], [0.0, 0.0, 0.0, 1.0]]
+        result = decode(*encode_infer_response(spec, request, answer))
+        assert result.get_output("OUTPUT")["datatype"] == "BYTES"
+        got = result.as_numpy("OUTPUT")
+        assert got.shape == (2, 2)
+        assert strings(got)[0] == [f"2.250000:1{suffix[0]}", f"2.250000:3{suffix[1]}"]
+    wide = parse_infer_request(
+        VECTOR, *triton_body([vector_input_tensor(1)], [triton.InferRequestedOutput("OUTPUT", class_count=9)])
+    )
+    result = decode(*encode_infer_response(VECTOR, wide, [[1.0, 4.0, 3.0, 2.0]]))
+    assert strings(result.as_numpy("OUTPUT")) == [["4.000000:1", "3.000000:2", "2.000000:3", "1.000000:0"]]
+
+
+def strings(array: np.ndarray[Any, Any]) -> list[list[str]]:
+    """A BYTES output's rows as text (JSON gives str elements, binary data gives bytes)."""
+    return [[e.decode() if isinstance(e, bytes) else e for e in row] for row in array.tolist()]
 
 
 # --- properties ------------------------------------------------------------------------------------
