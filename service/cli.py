@@ -81,7 +81,10 @@ def add_predict_file_parser(subparsers: argparse._SubParsersAction[argparse.Argu
         "--resume", action="store_true", help="continue an interrupted run from its partial file"
     )
     parser.add_argument(
-        "--input-key", default="input", help="jsonl key / csv column of the input (default: input)"
+        "--input-key",
+        default=None,
+        help="jsonl key / csv column of the input, or one per part, comma-separated (a pair model: "
+        "QUERY,DOCUMENT); default: input, and for a pair model else query,document",
     )
     parser.add_argument("--id-key", default="id", help="jsonl key / csv column of the id (default: id)")
     parser.add_argument("--repository", type=Path, default=None, help="model repository folder")

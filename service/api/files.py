@@ -27,6 +27,7 @@ from service.api.state import service_state
 from service.api.uploads import spool_upload
 from service.core.messages import Failure, FileDone, FileJob, FileProgress
 from service.core.spool import remove_quietly
+from service.files.job import input_keys
 from service.files.readers import FormatError, check_format
 
 FILE_CHUNK = 64 * 1024
@@ -55,19 +56,23 @@ async def predict_file(request: Request, name: str) -> Response:
             request, source, settings.max_file_bytes, params.get("format"), settings.body_timeout
         )
         csv = fmt == "csv"
-        input_key = params.get("input_column" if csv else "input_key", "input")
+        input_key = params.get("input_column" if csv else "input_key")
         id_key = params.get("id_column" if csv else "id_key", "id")
-        for label, key in (("input", input_key), ("id", id_key)):
+        for label, key in (("input", input_key or "input"), ("id", id_key)):
             if not 0 < len(key) <= MAX_KEY_LENGTH:
                 raise ApiError(
                     400, f"the {label} key or column name must have 1 to {MAX_KEY_LENGTH} characters"
                 )
         try:
+            keys = input_keys(route.spec.inputs, input_key)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
             await asyncio.to_thread(
                 check_format,
                 source,
                 fmt,
-                input_key=input_key,
+                input_key=keys,
                 id_key=id_key,
                 max_line_bytes=settings.max_line_bytes,
             )

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from starlette.responses import Response
 
 from service import metrics
@@ -33,23 +33,49 @@ __all__ = ["FLOAT32_MAX", "PredictResponse", "register", "request_model_for"]
 
 
 def request_model_for(spec: ModelSpec) -> type[BaseModel]:
-    """The pydantic model of ``{"inputs": [...]}`` for one model's declared input limits."""
+    """The pydantic model of ``{"inputs": [...]}`` for one model's declared input limits, with
+    ``parameters`` when its output kind takes some, and its input kind's grouped form when it
+    has one (a pair model: ``{"query": ..., "documents": [...]}`` instead of ``inputs``)."""
     limits = spec.inputs
     item: Any = limits.codec.item_type(limits)
+    many: Any = Annotated[list[item], Field(min_length=limits.min_items, max_length=limits.max_items)]
+    grouped = limits.codec.grouped_fields(limits)
+    fields: dict[str, Any] = {"inputs": (many | None, None) if grouped else (many, ...)}
+    fields.update({name: (kind | None, None) for name, kind in grouped.items()})
     options: Any = spec.outputs.codec.parameters_type(spec.outputs)
+    if options is not None:
+        fields["parameters"] = (options | None, None)  # classification: top_k, raw_scores
+    validators: dict[str, Any] = {}
+    if grouped:
+        names = " and ".join(repr(name) for name in grouped)
 
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")
-        inputs: Annotated[list[item], Field(min_length=limits.min_items, max_length=limits.max_items)]
+        def one_form(request: BaseModel) -> BaseModel:
+            values = dict(request)
+            given = [name for name in grouped if values[name] is not None]
+            if values["inputs"] is not None:
+                if given:
+                    raise ValueError(f"give either 'inputs' or {names}, not both")
+            elif len(given) != len(grouped):
+                raise ValueError(f"give 'inputs', or {names}")
+            return request
 
-    if options is None:
-        return PredictRequest
+        validators["one_form"] = model_validator(mode="after")(one_form)
+    model: type[BaseModel] = create_model(
+        f"{spec.name}PredictRequest",
+        __config__=ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest"),
+        __validators__=validators,
+        **fields,
+    )
+    return model
 
-    class PredictRequestWithParameters(PredictRequest):
-        model_config = ConfigDict(extra="forbid", title=f"{spec.name}PredictRequest")
-        parameters: options | None = None  # what the output kind takes (classification: top_k, raw_scores)
 
-    return PredictRequestWithParameters
+def request_inputs(spec: ModelSpec, parsed: BaseModel) -> list[Any]:
+    """The inputs of a validated predict request, in either of its forms."""
+    values = dict(parsed)
+    inputs: list[Any] | None = values["inputs"]
+    if inputs is not None:
+        return inputs
+    return spec.inputs.codec.ungroup(values)
 
 
 class PredictResponse(BaseModel):
@@ -76,7 +102,7 @@ async def predict(request: Request, name: str) -> Response:
             parsed = route.request_model.model_validate(data)
         except ValidationError as exc:
             raise ApiError(422, describe_validation(exc)) from None
-        inputs = parsed.inputs  # type: ignore[attr-defined]
+        inputs = request_inputs(route.spec, parsed)
         result = await state.dispatcher.predict(route, request, inputs, deadline)
         outputs = route.spec.outputs
         answer = outputs.codec.native(outputs, result.outputs, getattr(parsed, "parameters", None))

@@ -440,6 +440,7 @@ def encode_infer_response(
     name = spec.tensors.output
     count = request.classification(name)
     tensor: dict[str, Any]
+    data: Any
     if count is None:
         tensor = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
         payload, data = array.tobytes(), array.reshape(-1)

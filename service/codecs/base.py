@@ -54,6 +54,9 @@ class InputCodec(Protocol):
     json_in_text_files: bool
     # OpenAI's /v1/embeddings can carry it (its ``input`` is text)
     openai_input: bool
+    # the names of its parts when one input is several strings (a pair: query, document): file
+    # records may give them as keys or columns of those names, native requests grouped
+    parts: tuple[str, ...]
 
     def check_spec(self, spec: InputSpec) -> None:
         """Refuse a declaration this kind cannot serve (ValueError naming the field)."""
@@ -73,6 +76,15 @@ class InputCodec(Protocol):
 
     def record_check(self, spec: InputSpec) -> RecordCheck:
         """The check of one file record's value."""
+        ...
+
+    def grouped_fields(self, spec: InputSpec) -> dict[str, Any]:
+        """The fields of the native route's grouped form, pydantic types by name (``{}``: none):
+        a pair model also takes ``{"query": ..., "documents": [...]}``."""
+        ...
+
+    def ungroup(self, grouped: dict[str, Any]) -> list[Any]:
+        """The inputs a grouped request (its ``grouped_fields``' values by name) stands for."""
         ...
 
     def v2_metadata(self, spec: InputSpec) -> dict[str, Any]:

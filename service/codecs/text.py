@@ -16,6 +16,7 @@ class TextCodec:
     kind = "text"
     noun = "text"
     json_in_text_files = False
+    parts: tuple[str, ...] = ()
     openai_input = True
 
     def check_spec(self, spec: InputSpec) -> None:
@@ -29,6 +30,12 @@ class TextCodec:
 
     def item_type(self, spec: InputSpec) -> Any:
         return Annotated[StrictStr, Field(max_length=spec.max_length)]
+
+    def grouped_fields(self, spec: InputSpec) -> dict[str, Any]:
+        return {}
+
+    def ungroup(self, grouped: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError(f"{self.kind} inputs have no grouped form")
 
     def record_check(self, spec: InputSpec) -> RecordCheck:
         max_length = spec.max_length

@@ -20,6 +20,7 @@ class TextPairCodec:
     noun = "query-document pairs"
     json_in_text_files = True  # a csv cell or txt line holds the pair as a JSON array
     openai_input = False
+    parts: tuple[str, ...] = HALVES
 
     def check_spec(self, spec: InputSpec) -> None:
         return None
@@ -34,8 +35,19 @@ class TextPairCodec:
         return self.record_check(spec)(value) is None
 
     def item_type(self, spec: InputSpec) -> Any:
-        half = Annotated[StrictStr, Field(min_length=1, max_length=spec.max_length)]
-        return Annotated[list[half], Field(min_length=2, max_length=2)]
+        return Annotated[list[self._half(spec)], Field(min_length=2, max_length=2)]  # type: ignore[misc]
+
+    def _half(self, spec: InputSpec) -> Any:
+        return Annotated[StrictStr, Field(min_length=1, max_length=spec.max_length)]
+
+    def grouped_fields(self, spec: InputSpec) -> dict[str, Any]:
+        """One query against many documents: ``{"query": ..., "documents": [...]}``."""
+        half = self._half(spec)
+        many = Annotated[list[half], Field(min_length=spec.min_items, max_length=spec.max_items)]  # type: ignore[valid-type]
+        return {"query": half, "documents": many}
+
+    def ungroup(self, grouped: dict[str, Any]) -> list[Any]:
+        return [[grouped["query"], document] for document in grouped["documents"]]
 
     def record_check(self, spec: InputSpec) -> RecordCheck:
         max_length = spec.max_length

@@ -20,6 +20,7 @@ class VectorCodec:
     kind = "vector"
     noun = "vectors"
     json_in_text_files = True
+    parts: tuple[str, ...] = ()
     openai_input = False
 
     def check_spec(self, spec: InputSpec) -> None:
@@ -38,6 +39,12 @@ class VectorCodec:
         # for a float into a ValidationError instead of an OverflowError.
         number = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
         return Annotated[list[number], Field(min_length=spec.dim, max_length=spec.dim)]
+
+    def grouped_fields(self, spec: InputSpec) -> dict[str, Any]:
+        return {}
+
+    def ungroup(self, grouped: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError(f"{self.kind} inputs have no grouped form")
 
     def record_check(self, spec: InputSpec) -> RecordCheck:
         dim = spec.dim

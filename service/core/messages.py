@@ -35,7 +35,7 @@ class FileJob:
     source: str  # the spooled upload; its removal tells the worker the client went away
     target: str  # the output spool file the API server streams as it grows
     format: FileFormat
-    input_key: str
+    input_key: str | None  # as the client gave it (None: the model's default keys)
     id_key: str
     arrived: float
 

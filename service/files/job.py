@@ -30,9 +30,11 @@ from service.core.repository import (
     ModelSpec,
 )
 from service.files.readers import (
+    DEFAULT_INPUT_KEY,
     DEFAULT_MAX_LINE_BYTES,
     Format,
     FormatError,
+    InputKeys,
     Validator,
     check_format,
     open_records,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # torch loads only when a job runs, not when the CLI parser i
 __all__ = [
     "JobResult",
     "format_record",
+    "input_keys",
     "input_validator",
     "partial_path",
     "reads_json_values",
@@ -79,6 +82,21 @@ def input_validator(inputs: InputSpec) -> Validator:
     return inputs.codec.record_check(inputs)
 
 
+def input_keys(inputs: InputSpec, given: str | None) -> InputKeys:
+    """Where a file's records hold the input: ``given`` (one key or column, or one per part of
+    the kind, comma-separated: ``q,d`` for a pair), else ``input``, or for a kind with parts
+    (a pair) ``input`` or else its parts' names (``query`` and ``document``). ValueError when
+    ``given`` names neither one key nor one per part."""
+    parts = inputs.codec.parts
+    if given is None:
+        return ((DEFAULT_INPUT_KEY,), parts) if parts else ((DEFAULT_INPUT_KEY,),)
+    keys = tuple(key.strip() for key in given.split(","))
+    if any(not key for key in keys) or len(keys) not in {1, len(parts) or 1}:
+        wanted = f"one key, or {len(parts)} comma-separated ({', '.join(parts)})" if parts else "one key"
+        raise ValueError(f"the input key {given[:100]!r} must name {wanted}")
+    return (keys,)
+
+
 def reads_json_values(inputs: InputSpec, fmt: str) -> bool:
     """Whether csv cells and txt lines hold the model's inputs as JSON (a vector), not raw text."""
     return inputs.codec.json_in_text_files and fmt != "jsonl"
@@ -95,7 +113,7 @@ def run_predict_file(
     resume: bool = False,
     progress: bool = True,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
-    input_key: str = "input",
+    input_key: InputKeys = ((DEFAULT_INPUT_KEY,),),
     id_key: str = "id",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> JobResult:
@@ -316,7 +334,7 @@ def run_command(
     fmt: Format | None = None,
     batch_size: int | None = None,
     resume: bool = False,
-    input_key: str = "input",
+    input_key: str | None = None,
     id_key: str = "id",
     repository: Path | None = None,
     grad_mode: GradMode = "no_grad",
@@ -344,9 +362,10 @@ def run_command(
         return fail("the output would overwrite the input; pass another -o")
     try:
         entry = ModelRepository(repository or DEFAULT_REPOSITORY).get(model)
+        keys = input_keys(entry.spec.inputs, input_key)
         # a bad file is reported before the (possibly slow) model load
-        check_format(input_path, fmt, input_key=input_key, id_key=id_key, max_line_bytes=max_line_bytes)
-    except (ModelError, FormatError, OSError) as exc:
+        check_format(input_path, fmt, input_key=keys, id_key=id_key, max_line_bytes=max_line_bytes)
+    except (ModelError, FormatError, OSError, ValueError) as exc:
         return fail(str(exc))
     try:
         from service.worker.session import InferenceSession
@@ -369,7 +388,7 @@ def run_command(
             resume=resume,
             progress=True,
             progress_interval=progress_interval,
-            input_key=input_key,
+            input_key=keys,
             id_key=id_key,
             max_line_bytes=max_line_bytes,
         )

@@ -21,8 +21,13 @@ import orjson
 Format = Literal["jsonl", "csv", "txt"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 Validator = Callable[[Any], str | None]
+# where a record's input is: alternatives, tried in order; each names one key (the value itself)
+# or several (the value is the list of theirs, e.g. ("query", "document") for a pair)
+InputKeys = tuple[tuple[str, ...], ...]
+InputKey = str | InputKeys
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_INPUT_KEY = "input"
 DEFAULT_CHUNK_SIZE = 1 << 16
 _BOM = b"\xef\xbb\xbf"
 _MIN_CHUNK = 16
@@ -52,7 +57,7 @@ class _Layout:
 
     header_line: int = 0  # CSV: the line number of the header row (0: no header, or not CSV)
     columns: int = 0  # CSV: fields per row
-    input_index: int = -1  # CSV: the input column
+    input_index: tuple[int, ...] = ()  # CSV: the input column (or the columns of its parts)
     id_index: int | None = None  # CSV: the id column, if any
 
 
@@ -60,7 +65,7 @@ def check_format(
     path: str | os.PathLike[str],
     fmt: Format,
     *,
-    input_key: str = "input",
+    input_key: InputKey = "input",
     id_key: str = "id",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -83,7 +88,7 @@ def check_head(
     fmt: Format,
     *,
     at_eof: bool = False,
-    input_key: str = "input",
+    input_key: InputKey = "input",
     id_key: str = "id",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> None:
@@ -112,7 +117,7 @@ class RecordBatches:
         fmt: Format,
         *,
         batch_size: int,
-        input_key: str,
+        input_key: InputKey,
         id_key: str,
         max_line_bytes: int,
         chunk_size: int,
@@ -123,7 +128,7 @@ class RecordBatches:
         self._handle = handle
         self.fmt: Format = fmt
         self.batch_size = batch_size
-        self.input_key = input_key
+        self.input_keys = key_alternatives(input_key)
         self.id_key = id_key
         self.max_line_bytes = max_line_bytes
         self.chunk_size = chunk_size
@@ -194,10 +199,11 @@ class RecordBatches:
             return Record(
                 line, None, None, f"line {line}: {self.id_key[:64]!r} must be a string or an integer"
             )
-        value = obj.get(self.input_key)
-        if value is None:
-            return Record(line, ident, None, f"line {line} has no {self.input_key[:64]!r} value")
-        return Record(line, ident, value)
+        for keys in self.input_keys:
+            values = [obj.get(key) for key in keys]
+            if all(value is not None for value in values):
+                return Record(line, ident, values[0] if len(keys) == 1 else values)
+        return Record(line, ident, None, f"line {line} has no {describe_keys(self.input_keys)} value")
 
     def _csv_record(self, line: int, raw: bytes) -> Record:
         layout = self._layout
@@ -217,7 +223,9 @@ class RecordBatches:
         ident = None
         if layout.id_index is not None:
             ident = fields[layout.id_index] or None  # an empty id cell means no id
-        value = fields[layout.input_index]
+        if len(layout.input_index) > 1:  # one column per part: plain strings
+            return Record(line, ident, [fields[index] for index in layout.input_index])
+        value = fields[layout.input_index[0]]
         if self._json_values:
             return self._parse_json_value(line, ident, value.encode("utf-8"))
         return Record(line, ident, value)
@@ -249,7 +257,7 @@ def open_records(
     fmt: Format,
     *,
     batch_size: int,
-    input_key: str = "input",
+    input_key: InputKey = "input",
     id_key: str = "id",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -263,6 +271,10 @@ def open_records(
       (string or integer) under ``id_key``.
     - ``csv``: a header row, then one row per line; the input and optional id columns are
       chosen by name (``input_key``, ``id_key``); values are strings.
+
+    ``input_key`` is a key, or alternatives (:data:`InputKeys`) tried in order: the first whose
+    keys a record (jsonl) or the header (csv) has all of; several keys make the value the list
+    of their values (a pair from ``query`` and ``document`` columns).
     - ``txt``: one input per line (the whole line, without its line ending); no id.
 
     UTF-8 with or without a BOM, LF or CRLF. Blank lines are not records but still count in
@@ -321,7 +333,7 @@ def _read_head(handle: BinaryIO, chunk_size: int, max_line_bytes: int) -> tuple[
 
 
 def _inspect_head(
-    head: bytes, fmt: Format, *, at_eof: bool, input_key: str, id_key: str, max_line_bytes: int
+    head: bytes, fmt: Format, *, at_eof: bool, input_key: InputKey, id_key: str, max_line_bytes: int
 ) -> _Layout:
     if b"\x00" in head:
         raise FormatError(f"the file contains NUL bytes: it looks binary, not {fmt}")
@@ -358,21 +370,42 @@ def _inspect_head(
     return _Layout()
 
 
-def _csv_layout(number: int, header: str, input_key: str, id_key: str) -> _Layout:
+def _csv_layout(number: int, header: str, input_key: InputKey, id_key: str) -> _Layout:
     try:
         names = [name.strip() for name in next(csv.reader((header,), strict=True))]
     except csv.Error as exc:
         raise FormatError(f"the CSV header (line {number}) cannot be parsed: {exc}") from None
-    if input_key not in names:
+    alternatives = key_alternatives(input_key)
+    keys = next((keys for keys in alternatives if all(key in names for key in keys)), None)
+    if keys is None:
         raise FormatError(
-            f"the CSV header (line {number}) has no column {input_key[:64]!r} (columns: {', '.join(names)[:200]})"
+            f"the CSV header (line {number}) has no {describe_keys(alternatives, 'column')} "
+            f"(columns: {', '.join(names)[:200]})"
         )
     return _Layout(
         header_line=number,
         columns=len(names),
-        input_index=names.index(input_key),
+        input_index=tuple(names.index(key) for key in keys),
         id_index=names.index(id_key) if id_key in names else None,
     )
+
+
+def key_alternatives(input_key: InputKey) -> InputKeys:
+    """``input_key`` as alternatives: a plain key is the one alternative of one key."""
+    return ((input_key,),) if isinstance(input_key, str) else input_key
+
+
+def describe_keys(alternatives: InputKeys, noun: str = "") -> str:
+    """How an error names where the input was looked for: ``'input'`` or ``'input' (nor 'query'
+    and 'document')``, each name cut to 64 characters."""
+
+    def one(keys: tuple[str, ...]) -> str:
+        return " and ".join(repr(key[:64]) for key in keys)
+
+    named = f"{noun} {one(alternatives[0])}" if noun else one(alternatives[0])
+    if len(alternatives) > 1:
+        named += " (nor " + ", nor ".join(one(keys) for keys in alternatives[1:]) + ")"
+    return named
 
 
 def _physical_lines(

@@ -22,7 +22,7 @@ from typing import Any
 from service import metrics
 from service.core.messages import Answer, Failure, FileDone, FileJob, FileProgress
 from service.core.repository import ModelSpec
-from service.files.job import input_validator, reads_json_values
+from service.files.job import input_keys, input_validator, reads_json_values
 from service.files.readers import FormatError, open_records
 from service.files.results import RecordSource
 from service.worker.batcher import Cancelled
@@ -60,7 +60,7 @@ class FileJobSource:
                     job.source,
                     job.format,
                     batch_size=chunk_records,
-                    input_key=job.input_key,
+                    input_key=input_keys(spec.inputs, job.input_key),
                     id_key=job.id_key,
                     max_line_bytes=max_line_bytes,
                     validate=input_validator(spec.inputs),

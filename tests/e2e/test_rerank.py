@@ -153,3 +153,72 @@ def test_pairs_from_a_file(server: ServerProcess, expected: list[float]) -> None
         assert abs(record["output"][0] - want) <= 1e-4
     assert "the document is empty" in records[-2]["error"]
     assert "[query, document] pair" in records[-1]["error"]
+
+
+def test_native_grouped_form_query_and_documents(server: ServerProcess, expected: list[float]) -> None:
+    grouped = server.post("/v1/models/reranker/predict", {"query": QUERY, "documents": DOCUMENTS})
+    assert grouped.status_code == 200, grouped.text
+    scores = [output[0] for output in grouped.json()["outputs"]]
+    assert max(abs(score - want) for score, want in zip(scores, expected, strict=True)) <= 1e-4
+    refusals = [
+        ({"query": QUERY}, "give 'inputs', or 'query' and 'documents'"),
+        ({}, "give 'inputs', or 'query' and 'documents'"),
+        ({"inputs": [[QUERY, "d"]], "query": QUERY, "documents": ["d"]}, "not both"),
+        ({"query": "", "documents": ["d"]}, "query"),
+        ({"query": QUERY, "documents": []}, "documents"),
+        ({"query": QUERY, "documents": ["d", 3]}, "documents.1"),
+        ({"query": QUERY, "documents": ["d"] * 1001}, "documents"),
+    ]
+    for body, message in refusals:
+        response = server.post("/v1/models/reranker/predict", body)
+        assert response.status_code == 422, (body, response.text)
+        assert message in response.json()["error"], (body, response.text)
+    schema = server.client.get("/openapi.json").json()
+    request = schema["paths"]["/v1/models/reranker/predict"]["post"]["requestBody"]["content"]
+    properties = request["application/json"]["schema"]
+    properties = schema["components"]["schemas"].get(properties.get("$ref", "").split("/")[-1], properties)
+    assert {"inputs", "query", "documents"} <= set(properties["properties"])
+
+
+@pytest.mark.parametrize(
+    ("query_string", "header", "make_row"),
+    [
+        ("", "id,query,document", lambda i, d: f'{i},"{QUERY}","{d}"'),
+        ("?input_column=question,passage", "passage,question,id", lambda i, d: f'"{d}","{QUERY}",{i}'),
+    ],
+)
+def test_pairs_from_csv_columns(
+    server: ServerProcess, expected: list[float], query_string: str, header: str, make_row: Any
+) -> None:
+    rows = [make_row(i, d) for i, d in enumerate(DOCUMENTS[:2] + DOCUMENTS[3:])] + [make_row(9, "")]
+    response = server.client.post(
+        "/v1/models/reranker/predict-file" + query_string,
+        content=(header + "\n" + "\n".join(rows) + "\n").encode(),
+        headers={"content-type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    records = [orjson.loads(line) for line in response.text.splitlines()]
+    want = expected[:2] + expected[3:]
+    assert [record["id"] for record in records] == ["0", "1", "2", "3", "9"]
+    for record, score in zip(records, want, strict=False):
+        assert abs(record["output"][0] - score) <= 1e-4
+    assert "the document is empty" in records[-1]["error"]
+
+
+def test_bad_pair_keys(server: ServerProcess) -> None:
+    """Keys that name neither one key nor one per part are a 400; a record without the keys given
+    is an error record in its place, as for every model."""
+
+    def send(query_string: str) -> Any:
+        return server.client.post(
+            "/v1/models/reranker/predict-file" + query_string,
+            content=b'{"query": "q", "document": "d"}\n',
+            headers={"content-type": "application/x-ndjson"},
+        )
+
+    refused = send("?input_key=a,b,c")
+    assert refused.status_code == 400
+    assert "must name one key, or 2 comma-separated (query, document)" in refused.json()["error"]
+    missing = send("?input_key=q,d")
+    assert missing.status_code == 200
+    assert orjson.loads(missing.text.splitlines()[0])["error"] == "line 1 has no 'q' and 'd' value"

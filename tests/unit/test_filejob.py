@@ -16,7 +16,7 @@ import pytest
 
 from service.cli import add_predict_file_parser, predict_file_command
 from service.core.repository import ModelEntry, ModelRepository
-from service.files.job import JobResult, format_record, partial_path, run_predict_file
+from service.files.job import JobResult, format_record, input_keys, partial_path, run_predict_file
 from service.files.readers import FormatError
 from service.worker.session import InferenceSession
 
@@ -409,3 +409,50 @@ def test_error_records_held_behind_outputs_pause_the_reader_and_stay_in_place(
     expected = session.run([orjson.loads(line)["input"] for line in lines if b'"bad"' not in line])
     outputs = [row["output"] for row in rows if "output" in row]
     assert outputs == [pytest.approx(row, rel=1e-5) for row in expected]
+
+
+# --- pairs ----------------------------------------------------------------------------------------
+
+
+def test_input_keys_for_a_pair_model_and_a_text_model() -> None:
+    repository = ModelRepository()
+    pairs, texts = repository.get("reranker").spec.inputs, repository.get("minilm").spec.inputs
+    assert input_keys(pairs, None) == (("input",), ("query", "document"))
+    assert input_keys(pairs, "q, d") == (("q", "d"),)
+    assert input_keys(pairs, "pair") == (("pair",),)
+    assert input_keys(texts, None) == (("input",),)
+    for given, model in (("a,b,c", pairs), ("a,", pairs), ("a,b", texts)):
+        with pytest.raises(ValueError, match="must name one key"):
+            input_keys(model, given)
+
+
+def test_cli_pairs_from_columns_keys_and_pairs_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pair model reads ``query``/``document`` columns, ``--input-key q,d`` keys, or ``input``
+    pairs: the same scores whichever way the pairs come."""
+    pairs = [("What is the capital of France?", "Paris, of course."), ("Is it sunny?", "Bananas are yellow.")]
+    columns = tmp_path / "pairs.csv"
+    columns.write_text(
+        "id,query,document\n" + "".join(f'{i},"{q}","{d}"\n' for i, (q, d) in enumerate(pairs))
+    )
+    keyed = tmp_path / "keyed.jsonl"
+    keyed.write_bytes(
+        b"".join(orjson.dumps({"id": i, "q": q, "d": d}) + b"\n" for i, (q, d) in enumerate(pairs))
+    )
+    listed = tmp_path / "listed.jsonl"
+    listed.write_bytes(
+        b"".join(orjson.dumps({"id": i, "input": [q, d]}) + b"\n" for i, (q, d) in enumerate(pairs))
+    )
+    runs = [(columns, ()), (keyed, ("--input-key", "q,d")), (listed, ())]
+    scores = []
+    for source, extra in runs:
+        assert (
+            predict_file_command(parse("reranker", str(source), "--progress-interval", "1000", *extra)) == 0
+        )
+        results = read_results(source.with_name(source.stem + ".predictions.jsonl"))
+        assert [row["id"] for row in results] in ([0, 1], ["0", "1"])
+        scores.append([row["output"][0] for row in results])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5) and scores[1] == pytest.approx(scores[2], abs=1e-5)
+    assert predict_file_command(parse("reranker", str(keyed), "--input-key", "q,d,x")) == 2
+    assert "must name one key, or 2 comma-separated (query, document)" in capsys.readouterr().err

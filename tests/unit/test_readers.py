@@ -52,6 +52,37 @@ def test_jsonl_custom_keys(tmp_path: Path) -> None:
     assert read_all(path, "jsonl", input_key="text", id_key="key") == [Record(1, 1, "hello")]
 
 
+PAIR_KEYS = (("input",), ("query", "document"))
+
+
+def test_jsonl_pairs_from_an_input_or_their_parts_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "in.jsonl",
+        b'{"input": ["q", "d"]}\n{"query": "q2", "document": "d2", "input": null}\n'
+        b'{"query": "q3"}\n{"q": "a", "d": "b"}\n',
+    )
+    assert read_all(path, "jsonl", input_key=PAIR_KEYS) == [
+        Record(1, None, ["q", "d"]),
+        Record(2, None, ["q2", "d2"]),
+        Record(3, None, None, "line 3 has no 'input' (nor 'query' and 'document') value"),
+        Record(4, None, None, "line 4 has no 'input' (nor 'query' and 'document') value"),
+    ]
+    assert read_all(path, "jsonl", input_key=(("q", "d"),))[3] == Record(4, None, ["a", "b"])
+
+
+def test_csv_pairs_from_part_columns_are_plain_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "in.csv", b'id,query,document\n1,q,"d, with a comma"\n2,"[1]",x\n')
+    assert read_all(path, "csv", input_key=PAIR_KEYS, json_values=True) == [
+        Record(2, "1", ["q", "d, with a comma"]),
+        Record(3, "2", ["[1]", "x"]),  # a part column is text, never JSON
+    ]
+    both = write(tmp_path, "both.csv", b'input,query,document\n"[""a"", ""b""]",q,d\n')
+    assert read_all(both, "csv", input_key=PAIR_KEYS, json_values=True) == [Record(2, None, ["a", "b"])]
+    with pytest.raises(FormatError, match="no column 'input' \\(nor 'query' and 'document'\\)"):
+        check_format(write(tmp_path, "half.csv", b"query,doc\nq,d\n"), "csv", input_key=PAIR_KEYS)
+
+
 def test_csv_columns_by_name_with_quoting(tmp_path: Path) -> None:
     path = write(tmp_path, "in.csv", b'other,input,id\nx,hello,1\ny,"a, quoted ""cell""",2\nz,no id,\n')
     assert read_all(path, "csv") == [
