@@ -8,9 +8,10 @@ over forwards like any other traffic. The answer is Cohere's: ``{"id", "results"
 ``top_n``; the ``cohere`` SDK's ``Client.rerank`` (v1) and ``ClientV2.rerank`` (v2) work
 unchanged with ``base_url`` pointing here. Scores are the cross-encoder's sigmoid of its logit.
 
-Documents longer than the model's window are truncated (as TEI and Infinity do), not chunked:
-``max_tokens_per_doc`` (v2) and ``max_chunks_per_doc`` (v1) are accepted and validated, and a
-document is scored on what fits beside the query. Errors are Cohere's shape ``{"message": "..."}``.
+A document longer than the model's window is scored as Cohere scores it: its first
+``max_tokens_per_doc`` tokens (default 4096) are split into overlapping chunks that each fit beside
+the query, at most ``max_chunks_per_doc`` of them (v1; default: all), and the document scores its
+best chunk (``service.worker.huggingface.PairScorer``). Errors are Cohere's shape ``{"message": "..."}``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from service.api.state import ModelRoute, ServiceState, service_state
 from service.api.uploads import read_body
 
 RERANK_TASK = "rerank"
+CHUNK_LIMITS = ("max_tokens_per_doc", "max_chunks_per_doc")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,15 @@ class RerankRequest:
     documents: list[str]
     top_n: int
     return_documents: bool
+    max_tokens_per_doc: int | None = None  # None: the model's default (4096)
+    max_chunks_per_doc: int | None = None  # None: as many chunks as the tokens make
+
+    def pairs(self) -> list[list[Any]]:
+        """One input per document; the limits ride along when given (the reranker reads them)."""
+        if self.max_tokens_per_doc is None and self.max_chunks_per_doc is None:
+            return [[self.query, document] for document in self.documents]
+        limits = [self.max_tokens_per_doc, self.max_chunks_per_doc]
+        return [[self.query, document, *limits] for document in self.documents]
 
 
 def parse_rerank_body(body: bytes, version: int, state: ServiceState) -> tuple[ModelRoute, RerankRequest]:
@@ -73,12 +84,13 @@ def parse_rerank_body(body: bytes, version: int, state: ServiceState) -> tuple[M
             raise ApiError(400, f"documents[{index}]: {problem}")
         documents.append(text)
     top_n = _positive(payload.get("top_n"), "top_n", default=len(documents))
-    for limit in ("max_tokens_per_doc", "max_chunks_per_doc"):
-        _positive(payload.get(limit), limit, default=1)
+    max_tokens, max_chunks = (_optional_positive(payload.get(key), key) for key in CHUNK_LIMITS)
     return_documents = payload.get("return_documents", False)
     if not isinstance(return_documents, bool):
         raise ApiError(400, "'return_documents' must be true or false")
-    request = RerankRequest(route.name, query, documents, min(top_n, len(documents)), return_documents)
+    request = RerankRequest(
+        route.name, query, documents, min(top_n, len(documents)), return_documents, max_tokens, max_chunks
+    )
     return route, request
 
 
@@ -93,6 +105,10 @@ def _model(name: Any, version: int, state: ServiceState) -> ModelRoute:
     if route.spec.task != RERANK_TASK:
         raise ApiError(400, f"model {name!r} is a {route.spec.task} model, not a reranker")
     return route
+
+
+def _optional_positive(value: Any, field: str) -> int | None:
+    return None if value is None else _positive(value, field, 1)
 
 
 def _positive(value: Any, field: str, default: int) -> int:
@@ -132,8 +148,7 @@ async def rerank(request: Request, version: int, endpoint: str) -> Response:
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
         route, parsed = parse_rerank_body(body, version, state)
         model = route.name
-        pairs = [[parsed.query, document] for document in parsed.documents]
-        result = await state.dispatcher.predict(route, request, pairs, deadline)
+        result = await state.dispatcher.predict(route, request, parsed.pairs(), deadline)
         scores = [float(output[0]) for output in result.outputs]
         code = 200
         return Response(

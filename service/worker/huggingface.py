@@ -7,9 +7,9 @@ safetensors weights are read, with ``local_files_only``; a folder that needs
 ``trust_remote_code`` (its own code) is refused.
 
 Tasks: ``feature-extraction`` (sentence embeddings: a sentence-transformers folder's pooling,
-normalisation and ``max_seq_length``; a bare encoder gets mean pooling, unnormalised) and
+normalisation and ``max_seq_length``; a bare encoder gets mean pooling, unnormalised),
 ``rerank`` (a one-label ``*ForSequenceClassification`` cross-encoder: sigmoid of its logit per
-query-document pair).
+query-document pair, a long document scored by its best chunk) and ``text-classification``.
 """
 
 from __future__ import annotations
@@ -100,17 +100,96 @@ class SentenceEmbedder(TokenizedModel):
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
 
+DEFAULT_MAX_TOKENS_PER_DOC = 4096  # Cohere's default: a document's tokens past this are not read
+
+
 class PairScorer(TokenizedModel):
-    """A cross-encoder: each ``[query, document]`` pair tokenized together (truncated to the
-    model's window, longest half first), one logit, sigmoid: sentence-transformers' CrossEncoder."""
+    """A cross-encoder: each ``[query, document]`` pair tokenized together, one logit, sigmoid:
+    sentence-transformers' CrossEncoder for every pair that fits the model's window.
+
+    A pair that does not fit is scored as Cohere's rerank does: the document (its first
+    ``max_tokens_per_doc`` tokens, default 4096) is split into chunks that each fit beside the
+    query, consecutive chunks overlapping by an eighth of the window, and the pair scores its best
+    chunk. The query keeps what fits beside the document, and at least half the window (a longer
+    query is cut to that). An input may carry the limits as extra elements, as the rerank route
+    sends them: ``[query, document, max_tokens_per_doc, max_chunks_per_doc]`` (None: default,
+    no chunk limit)."""
+
+    def __init__(self, tokenizer: Any, module: torch.nn.Module, max_length: int, device: str) -> None:
+        super().__init__(tokenizer, module, max_length, device)
+        self.specials = int(tokenizer.num_special_tokens_to_add(pair=True))
+        self.overlap = max_length // 8
+        # documents are measured whole before they are chunked: transformers would warn that a
+        # sequence is longer than the model's maximum (what it keeps in this dict is "warned once")
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
 
     def encode(self, inputs: Sequence[Any], **options: Any) -> Any:
-        queries = [pair[0] for pair in inputs]
-        documents = [pair[1] for pair in inputs]
-        return self.tokenizer(queries, documents, truncation=True, max_length=self.max_length, **options)
+        queries, documents = self._fitted(inputs)
+        encoded = self.tokenizer(
+            queries,
+            documents,
+            truncation="only_second",
+            max_length=self.max_length,
+            stride=self.overlap,
+            return_overflowing_tokens=True,
+            **options,
+        )
+        most: list[int | None] = [pair[3] if len(pair) > 3 else None for pair in inputs]
+        if any(limit is not None for limit in most):
+            keep, seen = [], [0] * len(inputs)
+            for row, owner in enumerate(encoded["overflow_to_sample_mapping"]):
+                limit = most[int(owner)]
+                seen[int(owner)] += 1
+                if limit is None or seen[int(owner)] <= limit:
+                    keep.append(row)
+            if len(keep) < len(encoded["input_ids"]):
+                encoded = {
+                    key: value[keep] if isinstance(value, torch.Tensor) else [value[row] for row in keep]
+                    for key, value in encoded.items()
+                }
+        return encoded
+
+    def _fitted(self, inputs: Sequence[Any]) -> tuple[list[str], list[str]]:
+        """The queries and documents to tokenize: as given when the pair fits; else the document
+        cut to its token limit and the query to what fits beside it (at least half the window)."""
+        queries = [str(pair[0]) for pair in inputs]
+        documents = [str(pair[1]) for pair in inputs]
+        alone = self.tokenizer(
+            queries + documents,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+        )["offset_mapping"]
+        room = self.max_length - self.specials
+        for index, pair in enumerate(inputs):
+            query, document = alone[index], alone[len(inputs) + index]
+            limit = pair[2] if len(pair) > 2 and pair[2] is not None else DEFAULT_MAX_TOKENS_PER_DOC
+            if len(document) > limit:
+                documents[index] = documents[index][: document[limit - 1][1]]
+                document = document[:limit]
+            keep = max(room // 2, room - len(document))
+            if len(query) > keep:
+                queries[index] = queries[index][: query[keep - 1][1]]
+        return queries, documents
+
+    def costs(self, inputs: Sequence[Any]) -> list[int]:
+        """Tokens of every chunk of each pair (one chunk when it fits)."""
+        encoded = self.encode(inputs, return_attention_mask=False, return_token_type_ids=False)
+        totals = [0] * len(inputs)
+        for ids, owner in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"], strict=True):
+            totals[int(owner)] += len(ids)
+        return totals
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(self.module(**batch).logits)
+        owners = batch["overflow_to_sample_mapping"]
+        features = {key: value for key, value in batch.items() if key != "overflow_to_sample_mapping"}
+        scores = torch.sigmoid(self.module(**features).logits)
+        if len(owners) == int(owners[-1]) + 1:  # one chunk per pair
+            return scores
+        best = torch.full(
+            (int(owners[-1]) + 1, scores.shape[1]), -1.0, dtype=scores.dtype, device=scores.device
+        )
+        return best.scatter_reduce(0, owners.unsqueeze(1).expand_as(scores), scores, reduce="amax")
 
 
 class TextClassifier(TokenizedModel):

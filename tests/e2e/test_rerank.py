@@ -1,6 +1,8 @@
 """The bundled reranker on every way in: the ``cohere`` SDK (v1 and v2 clients), the native route,
 ``tritonclient.http`` with pairs; scores and order equal sentence-transformers' CrossEncoder run
-in-process on the same folder, alone and under 32 concurrent clients; bad input is a clear 4xx."""
+in-process on the same folder (a document past the model's window: its best chunk, each chunk
+scored by ``transformers`` in-process), alone and under 32 concurrent clients; bad input is a
+clear 4xx."""
 
 from __future__ import annotations
 
@@ -21,10 +23,14 @@ QUERY = "What is the capital of France?"
 DOCUMENTS = [
     "Paris is the capital and largest city of France.",
     "Bananas are yellow and rich in potassium.",
-    "The Eiffel Tower stands in Paris. " * 120,  # longer than the model's window: truncated
+    "The Eiffel Tower stands in Paris. " * 120,  # longer than the model's window: chunked
     "Berlin is the capital of Germany.",
     "x",
+    # its later chunks score higher than its first (what truncation would keep): 0.5105 vs 0.5036
+    "The quick brown fox jumps over the lazy dog. " * 60
+    + "Paris is the capital and largest city of France. " * 60,
 ]
+WINDOW, OVERLAP = 512, 64  # the model's window in tokens; consecutive chunks share an eighth of it
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +39,50 @@ def server() -> Iterator[ServerProcess]:
         yield process
 
 
+def reference_scores(
+    query: str, documents: list[str], max_tokens: int = 4096, max_chunks: int | None = None
+) -> list[float]:
+    """Cohere's semantics, in-process: CrossEncoder's score for a pair that fits the window as it
+    is; else the document's first ``max_tokens`` tokens cut into windows that fit beside the query
+    (overlapping by OVERLAP tokens), the first ``max_chunks`` of them scored by ``transformers``
+    (``[CLS] query [SEP] chunk [SEP]``), the best one."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = str(ModelRepository().get("reranker").verified_weights())
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
+    cross = CrossEncoder(folder, device="cpu")
+    question = tokenizer(query, add_special_tokens=False)["input_ids"]
+    scores = []
+    for document in documents:
+        whole = tokenizer(document, add_special_tokens=False)["input_ids"]
+        kept = whole[:max_tokens]
+        if len(kept) == len(whole) and len(question) + len(kept) + 3 <= WINDOW:
+            scores.append(float(cross.predict([[query, document]])[0]))
+            continue
+        room = WINDOW - 3 - len(question)
+        chunks, start = [kept[:room]], 0
+        while start + room < len(kept):
+            start += room - OVERLAP
+            chunks.append(kept[start : start + room])
+        best = 0.0
+        for chunk in chunks[:max_chunks]:
+            ids = [tokenizer.cls_token_id, *question, tokenizer.sep_token_id, *chunk, tokenizer.sep_token_id]
+            types = [0] * (len(question) + 2) + [1] * (len(chunk) + 1)
+            with torch.no_grad():
+                logit = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[
+                    0, 0
+                ]
+            best = max(best, float(torch.sigmoid(logit)))
+        scores.append(best)
+    return scores
+
+
 @pytest.fixture(scope="module")
 def expected() -> list[float]:
-    from sentence_transformers import CrossEncoder
-
-    folder = ModelRepository().get("reranker").verified_weights()
-    scores = CrossEncoder(str(folder), device="cpu").predict([[QUERY, d] for d in DOCUMENTS])
-    return [float(score) for score in scores]
+    return reference_scores(QUERY, DOCUMENTS)
 
 
 def ranking(scores: list[float]) -> list[int]:
@@ -66,6 +109,28 @@ def test_cohere_v1_client_with_document_objects(server: ServerProcess, expected:
     for result in answer.results:
         assert abs(result.relevance_score - expected[result.index]) <= 1e-4
         assert result.document is not None and result.document.text == DOCUMENTS[result.index]
+
+
+def test_long_documents_score_their_best_chunk_within_the_limits(
+    server: ServerProcess, expected: list[float]
+) -> None:
+    truncated = reference_scores(QUERY, DOCUMENTS, max_chunks=1)
+    assert expected[-1] - truncated[-1] > 1e-3  # the check below tells chunks from truncation
+    v2 = cohere.ClientV2(api_key="unused", base_url=server.url)
+    for max_tokens in (4096, 100):
+        answer = v2.rerank(model="reranker", query=QUERY, documents=DOCUMENTS, max_tokens_per_doc=max_tokens)
+        want = expected if max_tokens == 4096 else reference_scores(QUERY, DOCUMENTS, max_tokens=max_tokens)
+        for result in answer.results:
+            assert abs(result.relevance_score - want[result.index]) <= 1e-4, (max_tokens, result.index)
+    v1 = cohere.Client(api_key="unused", base_url=server.url)
+    answer_v1 = v1.rerank(model="reranker", query=QUERY, documents=DOCUMENTS, max_chunks_per_doc=1)
+    for result in answer_v1.results:
+        assert abs(result.relevance_score - truncated[result.index]) <= 1e-4
+    long_first = server.post("/v2/rerank", {"model": "reranker", "query": QUERY, "documents": DOCUMENTS[-1:]})
+    short = server.post("/v2/rerank", {"model": "reranker", "query": QUERY, "documents": DOCUMENTS[:1]})
+    # every chunk costs its tokens: what the batcher planned and the client is told
+    assert long_first.json()["meta"]["tokens"]["input_tokens"] > 2 * WINDOW
+    assert short.json()["meta"]["tokens"]["input_tokens"] < WINDOW
 
 
 def test_native_and_v2_pairs_and_32_concurrent_clients(server: ServerProcess, expected: list[float]) -> None:
@@ -190,7 +255,7 @@ def test_native_grouped_form_query_and_documents(server: ServerProcess, expected
 def test_pairs_from_csv_columns(
     server: ServerProcess, expected: list[float], query_string: str, header: str, make_row: Any
 ) -> None:
-    rows = [make_row(i, d) for i, d in enumerate(DOCUMENTS[:2] + DOCUMENTS[3:])] + [make_row(9, "")]
+    rows = [make_row(i, d) for i, d in enumerate(DOCUMENTS[:2] + DOCUMENTS[3:5])] + [make_row(9, "")]
     response = server.client.post(
         "/v1/models/reranker/predict-file" + query_string,
         content=(header + "\n" + "\n".join(rows) + "\n").encode(),
@@ -198,7 +263,7 @@ def test_pairs_from_csv_columns(
     )
     assert response.status_code == 200, response.text
     records = [orjson.loads(line) for line in response.text.splitlines()]
-    want = expected[:2] + expected[3:]
+    want = expected[:2] + expected[3:5]
     assert [record["id"] for record in records] == ["0", "1", "2", "3", "9"]
     for record, score in zip(records, want, strict=False):
         assert abs(record["output"][0] - score) <= 1e-4
