@@ -30,6 +30,7 @@ format: install
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.rerank
 	$(PY) -m benchmarks.fairness
 
 bench-quick: install
