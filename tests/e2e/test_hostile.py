@@ -701,3 +701,211 @@ def test_hundreds_of_hostile_requests_leave_the_server_ready_without_leaks(serve
     assert eventually(
         lambda: not any(spool_dir(server).glob("*.in")) and not any(spool_dir(server).glob("*.out"))
     )
+
+
+# --- the pair and classification kinds -------------------------------------------------------------
+
+HUGE = 2**64
+DEEP_PARAMETERS = '{"inputs": ["a"], "parameters": ' + "[" * DEEP + "]" * DEEP + "}"
+KIND_CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
+    # (case, path, request, status, error key): the native route 422, rerank and v2 400
+    (
+        "top-k-huge",
+        "/v1/models/classifier/predict",
+        {"json": {"inputs": ["a"], "parameters": {"top_k": HUGE}}},
+        422,
+        "error",
+    ),
+    (
+        "top-k-negative",
+        "/v1/models/classifier/predict",
+        {"json": {"inputs": ["a"], "parameters": {"top_k": -1}}},
+        422,
+        "error",
+    ),
+    (
+        "top-k-float",
+        "/v1/models/classifier/predict",
+        {"json": {"inputs": ["a"], "parameters": {"top_k": 1.5}}},
+        422,
+        "error",
+    ),
+    (
+        "top-k-bool",
+        "/v1/models/classifier/predict",
+        {"json": {"inputs": ["a"], "parameters": {"top_k": True}}},
+        422,
+        "error",
+    ),
+    (
+        "parameters-list",
+        "/v1/models/classifier/predict",
+        {"json": {"inputs": ["a"], "parameters": [1]}},
+        422,
+        "error",
+    ),
+    ("parameters-deep", "/v1/models/classifier/predict", raw(DEEP_PARAMETERS.encode()), 400, "error"),
+    (
+        "raw-scores-number",
+        "/v1/models/classifier/predict",
+        {"json": {"inputs": ["a"], "parameters": {"raw_scores": 1}}},
+        422,
+        "error",
+    ),
+    (
+        "grouped-on-text-model",
+        "/v1/models/classifier/predict",
+        {"json": {"query": "q", "documents": ["d"]}},
+        422,
+        "error",
+    ),
+    ("pair-of-three", "/v1/models/reranker/predict", {"json": {"inputs": [["q", "d", "e"]]}}, 422, "error"),
+    ("pair-with-null", "/v1/models/reranker/predict", {"json": {"inputs": [["q", None]]}}, 422, "error"),
+    (
+        "pair-limits-smuggled",
+        "/v1/models/reranker/predict",
+        {"json": {"inputs": [["q", "d", 1, 1]]}},
+        422,
+        "error",
+    ),
+    ("query-number", "/v1/models/reranker/predict", {"json": {"query": 3, "documents": ["d"]}}, 422, "error"),
+    (
+        "documents-object",
+        "/v1/models/reranker/predict",
+        {"json": {"query": "q", "documents": {"a": "d"}}},
+        422,
+        "error",
+    ),
+    (
+        "documents-nested",
+        "/v1/models/reranker/predict",
+        {"json": {"query": "q", "documents": [["d"]]}},
+        422,
+        "error",
+    ),
+    (
+        "documents-too-many",
+        "/v1/models/reranker/predict",
+        {"json": {"query": "q", "documents": ["d"] * 1001}},
+        422,
+        "error",
+    ),
+    (
+        "document-too-long",
+        "/v1/models/reranker/predict",
+        {"json": {"query": "q", "documents": ["d" * 10_001]}},
+        422,
+        "error",
+    ),
+    (
+        "rerank-top-n-huge",
+        "/v2/rerank",
+        {"json": {"model": "reranker", "query": "q", "documents": ["d"], "top_n": HUGE}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-top-n-float",
+        "/v2/rerank",
+        {"json": {"model": "reranker", "query": "q", "documents": ["d"], "top_n": 1.5}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-max-tokens-zero",
+        "/v2/rerank",
+        {"json": {"model": "reranker", "query": "q", "documents": ["d"], "max_tokens_per_doc": 0}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-max-tokens-bool",
+        "/v2/rerank",
+        {"json": {"model": "reranker", "query": "q", "documents": ["d"], "max_tokens_per_doc": True}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-max-chunks-negative",
+        "/v1/rerank",
+        {"json": {"query": "q", "documents": ["d"], "max_chunks_per_doc": -1}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-text-not-string",
+        "/v1/rerank",
+        {"json": {"query": "q", "documents": [{"text": 3}]}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-object-on-v2",
+        "/v2/rerank",
+        {"json": {"model": "reranker", "query": "q", "documents": [{"text": "d"}]}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-model-list",
+        "/v2/rerank",
+        {"json": {"model": ["reranker"], "query": "q", "documents": ["d"]}},
+        400,
+        "message",
+    ),
+    (
+        "rerank-classifier",
+        "/v2/rerank",
+        {"json": {"model": "classifier", "query": "q", "documents": ["d"]}},
+        400,
+        "message",
+    ),
+    ("rerank-array-body", "/v2/rerank", raw(b"[]"), 400, "message"),
+    ("rerank-deep-body", "/v2/rerank", raw(("[" * DEEP + "]" * DEEP).encode()), 400, "message"),
+]
+V2_TEXT = {"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["a"]}
+for count in (0, -1, 1.5, HUGE, "2", None, [2]):
+    wanted = {"name": "LOGITS", "parameters": {"classification": count}}
+    if count is not None:
+        KIND_CASES.append(
+            (
+                f"classification-{count!r}",
+                "/v2/models/classifier/infer",
+                {"json": {"inputs": [V2_TEXT], "outputs": [wanted]}},
+                400,
+                "error",
+            )
+        )
+KIND_CASES.append(
+    (
+        "pair-one-column",
+        "/v2/models/reranker/infer",
+        {"json": {"inputs": [{"name": "PAIR", "datatype": "BYTES", "shape": [1, 1], "data": ["q"]}]}},
+        400,
+        "error",
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def kinds_server() -> Iterator[ServerProcess]:
+    with ServerProcess(serve=["reranker", "classifier"]) as process:
+        yield process
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "key"), [pytest.param(*case[1:], id=case[0]) for case in KIND_CASES]
+)
+def test_pair_and_classifier_routes_answer_hostile_bodies_with_a_clear_4xx(
+    kinds_server: ServerProcess, path: str, kwargs: dict[str, Any], status: int, key: str
+) -> None:
+    response = kinds_server.client.post(path, **kwargs)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    body = response.json()
+    assert set(body) == {key} and isinstance(body[key], str) and body[key], body
+
+
+def test_the_pair_and_classifier_server_is_still_ready(kinds_server: ServerProcess) -> None:
+    assert kinds_server.client.get("/health/ready").status_code == 200
+    answer = kinds_server.post("/v1/models/reranker/predict", {"query": "q", "documents": ["d"]})
+    assert answer.status_code == 200 and len(answer.json()["outputs"]) == 1

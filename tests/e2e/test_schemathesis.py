@@ -121,14 +121,24 @@ def test_every_operation_conforms_to_the_openapi_document(server: ServerProcess)
     assert server.client.get("/health/ready").status_code == 200
 
 
-def test_rerank_operations_conform_to_the_openapi_document() -> None:
-    with ServerProcess(serve=["reranker"]) as server:
+NEW_KIND_OPERATIONS = {
+    "POST /v1/rerank",
+    "POST /v2/rerank",
+    "POST /v1/models/reranker/predict",  # pairs, or {query, documents}
+    "POST /v2/models/reranker/infer",  # BYTES [N, 2]
+    "POST /v1/models/classifier/predict",  # parameters: top_k, raw_scores
+    "POST /v2/models/classifier/infer",  # the classification extension on its output
+}
+
+
+def test_rerank_and_classifier_operations_conform_to_the_openapi_document() -> None:
+    with ServerProcess(serve=["reranker", "classifier"]) as server:
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=CONFIG, timeout=30)
         failures: list[str] = []
         covered: set[str] = set()
         for result in schema.get_all_operations():
             operation = result.ok()
-            if not operation.path.endswith("/rerank"):
+            if operation.label not in NEW_KIND_OPERATIONS:
                 continue
             for mode in MODES:
                 try:
@@ -138,7 +148,7 @@ def test_rerank_operations_conform_to_the_openapi_document() -> None:
                 except (Exception, BaseExceptionGroup) as exc:  # report every failing operation
                     failures.append(f"{operation.label} {mode.value}:\n{describe(exc)}")
                 covered.add(operation.label)
-        assert covered == {"POST /v1/rerank", "POST /v2/rerank"}
+        assert covered == NEW_KIND_OPERATIONS
         if failures:
             pytest.fail("\n\n".join(failures)[:20_000], pytrace=False)
         assert server.client.get("/health/ready").status_code == 200
