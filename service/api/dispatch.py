@@ -35,6 +35,7 @@ from service.core.messages import (
     RequestChannel,
 )
 from service.core.spool import cancel_marker, remove_quietly
+from service.settings import Settings
 
 logger = logging.getLogger("service.api.dispatch")
 
@@ -84,6 +85,12 @@ class Deadline:
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())
+
+
+def deadline_for(headers: Mapping[str, str], settings: Settings, arrived: float) -> Deadline:
+    """:func:`request_deadline` under the service's settings: ``request_timeout`` by default,
+    ``max_request_timeout`` at most."""
+    return request_deadline(headers, arrived, settings.request_timeout, settings.max_request_timeout)
 
 
 def request_deadline(headers: Mapping[str, str], arrived: float, default: float, maximum: float) -> Deadline:

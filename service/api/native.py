@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from service import metrics
 from service.api.auth import require_api_key
-from service.api.dispatch import request_deadline
+from service.api.dispatch import deadline_for
 from service.api.errors import ApiError, describe_validation, error_responses, json_response
 from service.api.openai_schema import model_entry, model_list
 from service.api.state import ModelRoute, ServiceState, service_state
@@ -94,9 +94,7 @@ async def predict(request: Request, name: str) -> Response:
         route = state.route(name)
         state.dispatcher.precheck(route)
         settings = state.settings
-        deadline = request_deadline(
-            request.headers, arrived, settings.request_timeout, settings.max_request_timeout
-        )
+        deadline = deadline_for(request.headers, settings, arrived)
         data = await read_json(request, settings.max_body_bytes, settings.body_timeout)
         try:
             parsed = route.request_model.model_validate(data)

@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from service import metrics
 from service.api.auth import require_api_key
-from service.api.dispatch import request_deadline
+from service.api.dispatch import deadline_for
 from service.api.errors import ApiError, json_response
 from service.api.openai_schema import (
     ENCODING_FORMATS,
@@ -62,9 +62,7 @@ async def embeddings(request: Request) -> Response:
     try:
         require_api_key(request)
         settings = state.settings
-        deadline = request_deadline(
-            request.headers, arrived, settings.request_timeout, settings.max_request_timeout
-        )
+        deadline = deadline_for(request.headers, settings, arrived)
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
         parsed = parse_embeddings_body(body, lookup)
         route = state.route(parsed.model)

@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from service import metrics
 from service.api.auth import require_api_key
-from service.api.dispatch import request_deadline
+from service.api.dispatch import deadline_for
 from service.api.errors import ApiError, current_request_id, json_response
 from service.api.state import ModelRoute, ServiceState, service_state
 from service.api.uploads import read_body
@@ -142,9 +142,7 @@ async def rerank(request: Request, version: int, endpoint: str) -> Response:
     try:
         require_api_key(request)
         settings = state.settings
-        deadline = request_deadline(
-            request.headers, arrived, settings.request_timeout, settings.max_request_timeout
-        )
+        deadline = deadline_for(request.headers, settings, arrived)
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
         route, parsed = parse_rerank_body(body, version, state)
         model = route.name

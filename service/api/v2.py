@@ -26,7 +26,7 @@ from starlette.responses import Response
 import service
 from service import metrics
 from service.api.auth import require_api_key
-from service.api.dispatch import request_deadline
+from service.api.dispatch import deadline_for
 from service.api.errors import ApiError, error_responses, json_response
 from service.api.state import ModelRoute, ServiceState, service_state
 from service.api.uploads import read_body
@@ -121,9 +121,7 @@ async def _infer(request: Request, name: str, version: str | None, endpoint: str
         _, route = served(request, name, version)
         state.dispatcher.precheck(route)
         settings = state.settings
-        deadline = request_deadline(
-            request.headers, arrived, settings.request_timeout, settings.max_request_timeout
-        )
+        deadline = deadline_for(request.headers, settings, arrived)
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
         try:
             parsed = parse_infer_request(route.spec, body, request.headers.get(HEADER_LENGTH))
