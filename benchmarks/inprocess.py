@@ -69,6 +69,22 @@ def load(model: str, threads: int) -> Any:
     return ModelRepository().get(model)
 
 
+def with_backend(entry: Any, backend: str, cache_dir: str | None) -> Any:
+    """``entry``'s model on ``backend`` for every forward shape, gate or not (the benchmark shows
+    every backend; the gate's verdicts come from ``python -m service tune``)."""
+    if backend == "torch":
+        return entry.load("cpu")
+    from service.worker import huggingface
+    from service.worker.backends import ExportCache, make_backend
+    from service.worker.tuning import thread_counts
+
+    assert cache_dir, "--cache-dir: where the exports are (python -m service tune makes them)"
+    model = huggingface.load(entry.spec, entry.verified_weights(), "cpu", backend="torch")
+    cache = ExportCache(Path(cache_dir) / "exports", entry.spec.name, entry.spec.weights.sha256)
+    model.use(make_backend(backend, model.module, model.example_features(), cache, thread_counts(entry.spec)))
+    return model
+
+
 def token_counts(model: Any, inputs: list[Any]) -> list[int]:
     """Tokens per input as the model counts them (its ``costs``: special tokens, truncation; a
     text, or a query-document pair)."""
@@ -118,7 +134,7 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
     from service.worker.session import InferenceSession
 
     entry = load(args.model, args.threads)
-    session = InferenceSession(entry.load("cpu"), args.grad_mode)
+    session = InferenceSession(with_backend(entry, args.backend, args.cache_dir), args.grad_mode)
     session.run([warmup_input(entry.spec)])
     inputs = model_inputs(args.model, workload=args.workload)
     if args.barrier:
@@ -210,6 +226,8 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
             f"--reps={args.reps}",
             f"--workload={args.workload}",
             f"--max-batch-tokens={args.max_batch_tokens}",
+            f"--backend={args.backend}",
+            *([f"--cache-dir={args.cache_dir}"] if args.cache_dir else []),
             *(["--bucketed"] if args.bucketed else []),
             f"--barrier={barrier}",
             f"--siblings={args.processes}",
@@ -311,6 +329,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument("--grad-mode", default="no_grad", choices=["no_grad", "inference_mode"])
     sub = commands.choices["limit"]
     sub.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1])
+    sub.add_argument(
+        "--backend", default="torch", help="huggingface models: torch, torch-bf16, onnx, onnx-int8"
+    )
+    sub.add_argument("--cache-dir", default=None, help="where the ONNX exports are (--backend onnx*)")
     sub.add_argument("--duration", type=float, default=3.0, help="seconds per repetition")
     sub.add_argument("--reps", type=int, default=1)
     sub.add_argument("--workload", default="short", choices=WORKLOADS)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m service serve | models | predict-file``. Argument parsing only:
+"""Command line: ``python -m service serve | models | tune | predict-file``. Argument parsing only:
 each command calls the library function that does the work."""
 
 from __future__ import annotations
@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the models in the repository")
     models.add_argument("--config", type=Path, default=None)
+
+    tune = commands.add_parser(
+        "tune",
+        help="gate and time a huggingface model's backends on this machine; store the decision",
+        description="Compare each backend with torch fp32 on the calibration set (the accuracy "
+        "gate), time those that pass on this machine, and store which serves lone inputs and "
+        "batches (backend: auto uses it while this machine and its libraries stay the same).",
+    )
+    tune.add_argument("model", metavar="MODEL", help="a huggingface-runtime model in the repository")
+    tune.add_argument("--config", type=Path, default=None)
+    tune.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated backends to try (default: torch,torch-bf16,onnx,onnx-int8)",
+    )
 
     add_predict_file_parser(commands)
     return parser
@@ -177,11 +192,57 @@ def main(argv: list[str] | None = None) -> int:
             for name in repository.names():
                 spec = repository.get(name).spec
                 served = "served" if name in settings.serve else "-"
-                print(f"{name:<16} {spec.version:<8} {spec.task:<22} {served:<7} {spec.description}")
+                backend = backend_summary(spec, settings.cache_dir)
+                print(
+                    f"{name:<16} {spec.version:<8} {spec.task:<22} {served:<7} {backend:<34} {spec.description}"
+                )
             return 0
+        if args.command == "tune":
+            return tune_command(args)
         if args.command == "predict-file":
             return predict_file_command(args)
     except (ConfigError, ModelError) as exc:
         print(f"service: error: {exc}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """``python -m service tune MODEL``: one line per backend, then the decision."""
+    from service.worker.backends import BACKENDS
+    from service.worker.tuning import tune
+
+    settings = load_settings(args.config)
+    entry = ModelRepository(settings.repository).get(args.model)
+    if entry.spec.runtime != "huggingface":
+        raise ModelError(
+            f"model {args.model!r} runs model.py on torch: only huggingface models have backends"
+        )
+    names = tuple(BACKENDS if args.backends is None else (name.strip() for name in args.backends.split(",")))
+    unknown = sorted(set(names) - set(BACKENDS))
+    if unknown or "torch" not in names:
+        raise ConfigError(f"--backends takes torch and any of {', '.join(BACKENDS)}, got {args.backends!r}")
+    tune(entry, Path(settings.cache_dir), names, say=print)
+    return 0
+
+
+def backend_summary(spec: Any, cache_dir: Path) -> str:
+    """What ``python -m service models`` says of a model's backend: the declared one, and for
+    ``auto`` this machine's decision (lone/batch) with the gate's figures of what it chose."""
+    if spec.runtime != "huggingface":
+        return "torch (model.py)"
+    if spec.backend != "auto":
+        return str(spec.backend)
+    from service.worker.tuning import decision_path, stored_decision
+
+    decision = stored_decision(decision_path(cache_dir, spec.name, spec.weights.sha256))
+    if decision is None:
+        return "auto: torch (not tuned here)"
+    choice = decision["choice"]
+    figures = {
+        key: value
+        for name in set(choice.values())
+        for key, value in decision["backends"][name]["figures"].items()
+    }
+    shown = " ".join(f"{key}={value:.4g}" for key, value in sorted(figures.items()))
+    return f"auto: lone {choice['lone']}, batch {choice['batch']}" + (f" ({shown})" if shown else "")

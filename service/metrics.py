@@ -105,6 +105,11 @@ MODEL_INFO = Gauge(
     "inference_model_info", "Always 1: the model's version, device and grad mode as labels.",
     ["model", "version", "device", "grad_mode"], multiprocess_mode="livemax",
 )  # fmt: skip
+MODEL_BACKEND = Gauge(
+    "inference_model_backend_info",
+    "Always 1: what runs the model's network for each forward shape (lone: 1-2 inputs; batch).",
+    ["model", "shape", "backend"], multiprocess_mode="livemax",
+)  # fmt: skip
 REJECTED = Counter(
     "inference_rejected_requests", "Requests refused before reaching a model, by reason.", ["model", "reason"]
 )
@@ -218,7 +223,7 @@ _METRIC_NAMES = (
     "REQUESTS", "REQUEST_DURATION", "QUEUE_DURATION", "COMPUTE_DURATION", "BATCH_SIZE", "BATCH_PADDED_TOKENS",
     "IN_FLIGHT",
     "WORKER_RSS", "WORKER_PEAK_RSS", "CUDA_ALLOCATED", "CUDA_RESERVED", "CUDA_MAX_ALLOCATED",
-    "MODEL_LOAD_DURATION", "MODEL_INFO", "REJECTED", "WORKER_RESTARTS", "RESENT", "FORWARD_RETRIES", "FILE_RECORDS", "FILE_BYTES",
+    "MODEL_LOAD_DURATION", "MODEL_INFO", "MODEL_BACKEND", "REJECTED", "WORKER_RESTARTS", "RESENT", "FORWARD_RETRIES", "FILE_RECORDS", "FILE_BYTES",
 )  # fmt: skip
 
 

@@ -14,9 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.core.repository import DEFAULT_REPOSITORY
+from service.core.repository import DEFAULT_REPOSITORY, Backend
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/inference-service``, else ``~/.cache/inference-service``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inference-service"
 
 
 class ModelOverrides(BaseModel):
@@ -29,6 +35,7 @@ class ModelOverrides(BaseModel):
     max_batch_tokens: int | None = Field(None, ge=1, le=1 << 24)
     batch_timeout: float | None = Field(None, ge=0.0, le=10.0)
     max_queue_size: int | None = Field(None, ge=1)
+    backend: Backend | None = None  # huggingface runtime: auto, torch, torch-bf16, onnx, onnx-int8
 
 
 class Settings(BaseSettings):
@@ -44,6 +51,8 @@ class Settings(BaseSettings):
     # the models to serve, by folder name in the repository
     serve: list[str] = Field(default_factory=lambda: ["minilm"], min_length=1)
     repository: Path = DEFAULT_REPOSITORY
+    # backend exports and tuning decisions (python -m service tune), made once and reused
+    cache_dir: Path = Field(default_factory=default_cache_dir)
     # Hugging Face folders served as models, by name (``serve --model NAME=PATH``); each is also in
     # ``serve``. Their task is inferred from the folder unless ``folder_tasks`` names one, and their
     # manifest sha256 is computed and logged at start unless ``folder_sha256`` pins it.

@@ -21,6 +21,10 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="inference-test-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# backend decisions and exports: the run's own folder, so that a decision made on this machine
+# outside the tests (python -m service tune) never changes what the tests' servers run
+_OWN_CACHE_DIR = tempfile.mkdtemp(prefix="inference-test-cache-")
+os.environ["SERVICE_CACHE_DIR"] = _OWN_CACHE_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +40,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if its servers left anything in the temp directory."""
     if _OWN_METRICS_DIR is not None:
         shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
+    shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
     left = left_behind()
     if left and exitstatus == 0:
         print(f"\nthe test run left these in {tempfile.gettempdir()}: {left}")

@@ -149,6 +149,21 @@ class WeightsSpec(BaseModel):
         return self
 
 
+BACKEND_NAMES = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
+Backend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
+
+
+class GateSpec(BaseModel):
+    """The accuracy gate a backend other than ``torch`` must pass on the calibration set
+    (service.worker.gate); loosen it here explicitly to serve e.g. ``onnx-int8``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_cosine: float = Field(0.9999, ge=-1.0, le=1.0)  # embeddings: the smallest cosine to fp32
+    min_neighbour_overlap: float = Field(0.99, ge=0.0, le=1.0)  # embeddings: mean top-10 overlap
+    max_score_difference: float = Field(1e-3, ge=0.0)  # classification and rerank scores
+
+
 class ModelSpec(BaseModel):
     """The declaration in ``models/<name>/model.yaml``."""
 
@@ -172,6 +187,10 @@ class ModelSpec(BaseModel):
     workers: int = Field(1, ge=1, le=64)  # inference worker processes
     max_queue_size: int = Field(256, ge=1)  # requests accepted and not yet answered
     options: dict[str, Any] = Field(default_factory=dict)  # model-specific settings for model.py
+    # huggingface runtime: what runs the network (service.worker.backends); auto: this machine's
+    # tuning decision (python -m service tune NAME), torch until there is one
+    backend: Backend = "auto"
+    gate: GateSpec = GateSpec()
 
     @model_validator(mode="after")
     def _check_name(self) -> ModelSpec:
@@ -185,6 +204,8 @@ class ModelSpec(BaseModel):
                 )
             if self.inputs.kind != kind:
                 raise ValueError(f"task {self.task} takes inputs of kind {kind!r}, not {self.inputs.kind!r}")
+        if self.runtime == "python" and self.backend not in ("auto", "torch"):
+            raise ValueError(f"backend {self.backend} is for the huggingface runtime; model.py runs on torch")
         if self.runtime == "huggingface" and self.weights.checksum_file is not None:
             raise ValueError(
                 "a huggingface folder is checksummed whole (sha256 of its manifest): drop checksum_file"
@@ -274,14 +295,15 @@ class ModelEntry:
             raise
         return module
 
-    def load(self, device: str, **overrides: Any) -> Model:
-        """Verify the weights, then build the model: the huggingface runtime from the folder, or
-        ``model.py``'s ``load(spec, weights, device)``."""
+    def load(self, device: str, cache_dir: Path | None = None, **overrides: Any) -> Model:
+        """Verify the weights, then build the model: the huggingface runtime from the folder (on
+        its backend, exports and decisions under ``cache_dir``), or ``model.py``'s
+        ``load(spec, weights, device)``."""
         weights = self.verified_weights()
         if self.spec.runtime == "huggingface":
             from service.worker import huggingface  # torch: imported in the worker only
 
-            served: Model = huggingface.load(self.spec, weights, device)
+            served: Model = huggingface.load(self.spec, weights, device, cache_dir)
             return served
         module = self._import_code()
         loader = getattr(module, "load", None)

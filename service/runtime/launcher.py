@@ -5,6 +5,7 @@ validated start-up before the port is bound, SIGTERM/SIGINT drain, and no proces
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -20,7 +21,7 @@ from service import metrics
 from service.api.app import register
 from service.api.native import request_model_for
 from service.api.state import ModelRoute, ServiceState
-from service.core.repository import ModelRepository
+from service.core.repository import ModelEntry, ModelRepository
 from service.core.scratch import owned_folder
 from service.core.spool import clean_spool_dir, default_spool_dir
 from service.runtime.litserve import LitServer, LitServeRuntime, create_server, internal_path
@@ -117,7 +118,8 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
         config = WorkerConfig(
             model=name,
             repository=Path(settings.repository),
-            entry=repository.get(name),
+            entry=with_backend(repository.get(name), overrides.backend),
+            cache_dir=Path(settings.cache_dir),
             grad_mode=settings.grad_mode,
             torch_threads=threads,
             torch_interop_threads=settings.torch_interop_threads,
@@ -268,3 +270,10 @@ def _serve(settings: Settings) -> int:
         reap_children()
         runtime.close()
     return 1 if monitor.failure else 0
+
+
+def with_backend(entry: ModelEntry, backend: str | None) -> ModelEntry:
+    """``entry`` with its declared backend replaced by the operator's override (None: as declared)."""
+    if backend is None:
+        return entry
+    return dataclasses.replace(entry, spec=entry.spec.model_copy(update={"backend": backend}))

@@ -54,6 +54,8 @@ class WorkerConfig:
     spool_dir: Path | None = None
     # the model as the launcher found and verified it (None: look it up in ``repository``)
     entry: ModelEntry | None = None
+    # backend exports and tuning decisions (service.worker.tuning); None: serve torch
+    cache_dir: Path | None = None
 
 
 class ModelAPI(LitAPI):  # type: ignore[misc]
@@ -87,7 +89,7 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
             torch.set_num_interop_threads(self.config.torch_interop_threads)
         entry = self.config.entry or ModelRepository(self.config.repository).get(self.config.model)
         self.spec = entry.spec
-        model = entry.load(device)
+        model = entry.load(device, cache_dir=self.config.cache_dir)
         self.session = InferenceSession(model, self.config.grad_mode)
         try:
             outputs = self.session.run([warmup_input(entry.spec)])
@@ -103,6 +105,8 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
         metrics.MODEL_INFO.labels(
             self.config.model, entry.spec.version, str(device), self.config.grad_mode
         ).set(1)
+        for shape, backend in getattr(model, "backends", {"lone": "torch", "batch": "torch"}).items():
+            metrics.MODEL_BACKEND.labels(self.config.model, shape, backend).set(1)
         self.memory = MemoryReporter(self.config.model, worker, str(device))
         self.memory.sample()
         self.memory.start()

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from service.core.repository import ModelError, ModelSpec, classifier_labels, read_json, refuse_remote_code
+from service.worker.backends import FEATURES, Backend, TorchBackend
+from service.worker.tuning import LONE_ROWS
 
 POOLING_MODES = ("mean", "cls", "max")
 # sentence-transformers' Pooling config flag of each mode we implement
@@ -54,6 +56,29 @@ class TokenizedModel:
         self.module = module
         self.max_length = max_length
         self.device = device
+        # what runs the network (service.worker.backends): one for forwards of a lone input or
+        # two, one for batches; torch fp32 until the model is told otherwise (tuning.select)
+        self.network: Backend = TorchBackend(module)
+        self.lone_network: Backend = self.network
+        self.backends = {"lone": "torch", "batch": "torch"}  # names, by shape
+
+    def use(self, batch: Backend, lone: Backend | None = None) -> None:
+        """Run batches on ``batch`` and forwards of at most LONE_ROWS rows on ``lone`` (default: the same)."""
+        self.network = batch
+        self.lone_network = lone or batch
+
+    def run_network(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network's first output (last hidden state, logits) for tokenized ``features``."""
+        rows = int(features["input_ids"].shape[0])
+        return (self.lone_network if rows <= LONE_ROWS else self.network)(features)
+
+    def example_features(self) -> dict[str, torch.Tensor]:
+        """Tokenized features of a small batch, to export the network with."""
+        batch = self.preprocess([self.example_input(), self.example_input()])
+        return {key: value for key, value in batch.items() if key in FEATURES}
+
+    def example_input(self) -> Any:
+        return "A short sentence to trace the network with."
 
     def encode(self, inputs: Sequence[Any], **options: Any) -> Any:
         """Tokenize single texts (a subclass may tokenize otherwise, e.g. pairs)."""
@@ -95,8 +120,8 @@ class SentenceEmbedder(TokenizedModel):
         return self.max_length
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        output = self.module(**batch)
-        pooled = pool(self.pooling, output.last_hidden_state, batch["attention_mask"])
+        hidden = self.run_network(batch)
+        pooled = pool(self.pooling, hidden, batch["attention_mask"])
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
 
@@ -172,6 +197,9 @@ class PairScorer(TokenizedModel):
                 queries[index] = queries[index][: query[keep - 1][1]]
         return queries, documents
 
+    def example_input(self) -> Any:
+        return ["A short query?", "A short document to trace the network with."]
+
     def costs(self, inputs: Sequence[Any]) -> list[int]:
         """Tokens of every chunk of each pair (one chunk when it fits)."""
         encoded = self.encode(inputs, return_attention_mask=False, return_token_type_ids=False)
@@ -183,7 +211,7 @@ class PairScorer(TokenizedModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         owners = batch["overflow_to_sample_mapping"]
         features = {key: value for key, value in batch.items() if key != "overflow_to_sample_mapping"}
-        scores = torch.sigmoid(self.module(**features).logits)
+        scores = torch.sigmoid(self.run_network(features))
         if len(owners) == int(owners[-1]) + 1:  # one chunk per pair
             return scores
         best = torch.full(
@@ -197,8 +225,7 @@ class TextClassifier(TokenizedModel):
     (the API server turns them into labelled scores: service.codecs.outputs)."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits: torch.Tensor = self.module(**batch).logits
-        return logits
+        return self.run_network(batch)
 
 
 def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
@@ -220,16 +247,30 @@ def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifie
     return TextClassifier(tokenizer, module, min(int(tokenizer.model_max_length), positions), device)
 
 
-def load(spec: ModelSpec, folder: Path, device: str) -> Any:
-    """The model of ``spec.task`` from a verified folder."""
+def load(
+    spec: ModelSpec, folder: Path, device: str, cache_dir: Path | None = None, backend: str | None = None
+) -> Any:
+    """The model of ``spec.task`` from a verified folder, running on the backends it serves with
+    (``spec.backend``, or ``backend`` when given; exports and decisions under ``cache_dir``)."""
     refuse_remote_code(spec.name, folder, read_json(folder / "config.json"))
-    if spec.task == "feature-extraction":
-        return load_embedder(spec, folder, device)
-    if spec.task == "rerank":
-        return load_scorer(spec, folder, device)
-    if spec.task == "text-classification":
-        return load_classifier(spec, folder, device)
-    raise ModelError(f"model {spec.name!r}: the huggingface runtime does not serve task {spec.task!r}")
+    loaders = {
+        "feature-extraction": load_embedder,
+        "rerank": load_scorer,
+        "text-classification": load_classifier,
+    }
+    loader = loaders.get(spec.task)
+    if loader is None:
+        raise ModelError(f"model {spec.name!r}: the huggingface runtime does not serve task {spec.task!r}")
+    model: TokenizedModel = loader(spec, folder, device)
+    if device != "cpu" and (backend or spec.backend) not in ("torch", "auto"):
+        raise ModelError(f"model {spec.name!r}: backend {backend or spec.backend} runs on the CPU only")
+    if device == "cpu":
+        from service.worker.tuning import select
+
+        model.backends = select(
+            model, spec.model_copy(update={"backend": backend or spec.backend}), cache_dir
+        )
+    return model
 
 
 def load_scorer(spec: ModelSpec, folder: Path, device: str) -> PairScorer:
