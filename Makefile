@@ -31,6 +31,9 @@ format: install
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.rerank
+	$(PY) -m benchmarks.backends --model minilm
+	$(PY) -m benchmarks.backends --model reranker
+	$(PY) -m benchmarks.backends --model classifier
 	$(PY) -m benchmarks.fairness
 
 bench-quick: install

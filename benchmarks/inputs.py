@@ -23,7 +23,7 @@ _TEXT = (
 WORDS = tuple(_TEXT.split(" "))
 
 # what each model answers per input: a 384-float embedding, a 4-float regression
-OUTPUT_DIM = {"minilm": 384, "reference": 4, "reranker": 1}
+OUTPUT_DIM = {"minilm": 384, "reference": 4, "reranker": 1, "classifier": 3}  # classifier: labelled scores
 VECTOR_DIM = 16  # floats per reference-model input
 WORKLOADS = ("short", "mixed")
 
@@ -77,7 +77,7 @@ def model_inputs(model: str, count: int | None = None, workload: str = "short") 
     320 for ``mixed`` (10 batches of 32, exactly 32 paragraphs among them)."""
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}: one of {WORKLOADS}")
-    if model == "minilm":
+    if model in ("minilm", "classifier"):  # texts
         return mixed_texts(count or 320) if workload == "mixed" else sentences(count or 256)
     if model == "reranker":  # [query, document]: short queries against the workload's texts as documents
         documents = mixed_texts(count or 320) if workload == "mixed" else sentences(count or 256, seed=1)

@@ -129,8 +129,10 @@ def check(status: int, body: bytes, dim: int | None, api: str = "predict") -> st
         return f"unexpected body ({type(exc).__name__}): {body[:200]!r}"
     if not (isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], list)):
         return f"expected one output, got {str(outputs)[:200]}"
-    if len(outputs[0]) != dim or not isinstance(outputs[0][0], float):
-        return f"expected {dim} floats, got {len(outputs[0])} values"
+    first = outputs[0][0] if outputs[0] else None
+    labelled = isinstance(first, dict) and isinstance(first.get("score"), float)  # a classification
+    if len(outputs[0]) != dim or not (isinstance(first, float) or labelled):
+        return f"expected {dim} floats (or labelled scores), got {len(outputs[0])} values"
     return None
 
 

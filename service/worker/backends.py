@@ -186,13 +186,20 @@ def export(
             # the fused graph's contrib ops defeat shape inference: their outputs are fp32
             from onnx import TensorProto
 
-            quantize_dynamic(
-                str(fused),
-                str(made),
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                extra_options={"DefaultTensorType": TensorProto.FLOAT},
-            )
+            # the quantizer logs every tensor at INFO on the root logger
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.WARNING))
+            try:
+                quantize_dynamic(
+                    str(fused),
+                    str(made),
+                    per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    extra_options={"DefaultTensorType": TensorProto.FLOAT},
+                )
+            finally:
+                root.setLevel(level)
             return cache.store(backend, made)
     names = tuple(name for name in FEATURES if name in features)
     cache.folder.mkdir(parents=True, exist_ok=True)
@@ -202,8 +209,9 @@ def export(
         # the eager attention's graph is the one ONNX Runtime fuses into its Attention kernel
         # (SDPA's exports as separate MatMul/Softmax/IsNaN nodes); the module is restored after
         attention = getattr(module.config, "_attn_implementation", None)
-        if attention not in (None, "eager") and hasattr(module, "set_attn_implementation"):
-            module.set_attn_implementation("eager")
+        switch: Any = getattr(module, "set_attn_implementation", None)
+        if attention not in (None, "eager") and switch is not None:
+            switch("eager")
         try:
             # tracing warns about every data-dependent branch of the module (its shapes are
             # dynamic axes here); the accuracy gate, not the warnings, says whether the graph is right
@@ -220,8 +228,8 @@ def export(
                     dynamo=False,
                 )
         finally:
-            if attention not in (None, "eager") and hasattr(module, "set_attn_implementation"):
-                module.set_attn_implementation(attention)
+            if attention not in (None, "eager") and switch is not None:
+                switch(attention)
         from onnxruntime.transformers import optimizer
 
         # the optimizer's fusions by architecture; BERT's cover the encoders the runtime serves

@@ -54,6 +54,7 @@ _GAUGES = (
     "torch_cuda_memory_max_allocated_bytes",
     "model_load_duration_seconds",
     "model_info",
+    "model_backend_info",
     "model_ready",
 )
 EXPOSED_METRICS = frozenset(
