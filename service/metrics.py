@@ -12,6 +12,8 @@ Labels are bounded: model names, endpoint templates, status codes, worker indexe
 from __future__ import annotations
 
 import os
+import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -178,12 +180,26 @@ class _ReadinessCollector(Collector):
         yield family
 
 
+RENDER_ATTEMPTS = 5
+
+
 def render(readiness: Callable[[], dict[str, bool]]) -> bytes:
-    """One scrape: a fresh registry over every process's files, plus current readiness."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(_ReadinessCollector(readiness))
-    return generate_latest(registry)
+    """One scrape: a fresh registry over every process's files, plus current readiness.
+
+    A process writing a metric of a new type creates its file empty and sizes it a moment later
+    (prometheus_client's ``MmapedDict``): a scrape in between fails to read the file's header
+    (``struct.error``). The file is whole microseconds later, so the scrape reads again."""
+    for attempt in range(RENDER_ATTEMPTS):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_ReadinessCollector(readiness))
+        try:
+            return generate_latest(registry)
+        except struct.error:
+            if attempt == RENDER_ATTEMPTS - 1:
+                raise
+            time.sleep(0.002 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def multiprocess_dir() -> str:

@@ -47,6 +47,7 @@ CONTRACT = {
     "inference_worker_peak_resident_memory_bytes": "gauge",
     "inference_model_load_duration_seconds": "gauge",
     "inference_model_info": "gauge",
+    "inference_model_backend_info": "gauge",
     "inference_model_ready": "gauge",
     "inference_rejected_requests": "counter",
     "inference_worker_restarts": "counter",
@@ -71,6 +72,8 @@ ALLOWED_LABELS = {
     "version": {"1.0.0"},
     "device": {"cpu"},
     "grad_mode": {"no_grad"},
+    "shape": {"lone", "batch"},
+    "backend": {"torch"},  # a model.py model runs on torch
 }
 
 WORKERS = ("0", "1")
@@ -213,6 +216,8 @@ def test_every_contract_family_is_exported_before_any_request(first_scrape: str)
     assert value(parsed, "inference_model_load_duration_seconds", model=MODEL) > 0
     info = dict(model=MODEL, version="1.0.0", device="cpu", grad_mode="no_grad")
     assert value(parsed, "inference_model_info", **info) == 1
+    for shape in ("lone", "batch"):
+        assert value(parsed, "inference_model_backend_info", model=MODEL, shape=shape, backend="torch") == 1
     for worker in ("0", "1"):
         assert value(parsed, "inference_worker_resident_memory_bytes", model=MODEL, worker=worker) > 0
 
