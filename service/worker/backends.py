@@ -19,7 +19,6 @@ worker makes or verifies them while it loads, before it is ready.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from service.core.repository import sha256_file
 
 logger = logging.getLogger("service.worker")
 
@@ -114,14 +115,6 @@ class _FirstOutput(torch.nn.Module):
         return output
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     import onnxruntime
     import transformers
@@ -177,7 +170,7 @@ class ExportCache:
 
 
 def export(
-    module: torch.nn.Module, features: dict[str, torch.Tensor], config: Any, cache: ExportCache, backend: str
+    module: torch.nn.Module, features: dict[str, torch.Tensor], cache: ExportCache, backend: str
 ) -> Path:
     """The verified ONNX graph of ``backend`` (``onnx`` or ``onnx-int8``), made now if the cache
     has none (``features``: a tokenized example batch, to trace with)."""
@@ -187,7 +180,7 @@ def export(
     if backend == "onnx-int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        fused = export(module, features, config, cache, "onnx")
+        fused = export(module, features, cache, "onnx")
         with tempfile.TemporaryDirectory(dir=cache.folder) as scratch:
             made = Path(scratch) / "int8.onnx"
             # the fused graph's contrib ops defeat shape inference: their outputs are fp32
@@ -240,6 +233,7 @@ def export(
         from onnxruntime.transformers import optimizer
 
         # the optimizer's fusions by architecture; BERT's cover the encoders the runtime serves
+        config = module.config
         kind = str(getattr(config, "model_type", "bert"))
         optimized = optimizer.optimize_model(
             str(raw),
@@ -267,6 +261,6 @@ def make_backend(
         return TorchBf16Backend(module)
     if name in ("onnx", "onnx-int8"):
         assert cache is not None
-        path = export(module, example, module.config, cache, name)
+        path = export(module, example, cache, name)
         return OnnxBackend(name, path, thread_counts)
     raise ValueError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")

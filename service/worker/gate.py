@@ -13,10 +13,12 @@ short, some paragraphs) drawn from a fixed vocabulary, and for rerank 24 queries
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.core.repository import GateSpec
 
 NEIGHBOURS = 10
 _WORDS = [
@@ -181,15 +183,6 @@ _WORDS = [
 ]
 
 
-@dataclass(frozen=True)
-class GateLimits:
-    """What a backend must keep; a model may loosen these in its ``model.yaml`` (``gate:``)."""
-
-    min_cosine: float = 0.9999
-    min_neighbour_overlap: float = 0.99
-    max_score_difference: float = 1e-3
-
-
 def calibration_texts(count: int = 240, seed: int = 20261207) -> list[str]:
     """``count`` texts: 60% of 2-12 words, 30% of 15-60, 10% of 150-300; sentences with capitals
     and punctuation, some numbers."""
@@ -258,8 +251,8 @@ def rerank_figures(
     return {"order_agreement": float(np.mean(same)), "max_score_difference": float(np.abs(ref - got).max())}
 
 
-def failure(figures: dict[str, float], limits: GateLimits) -> str | None:
-    """The first figure that fails ``limits``, as one line; None when all pass."""
+def failure(figures: dict[str, float], limits: GateSpec) -> str | None:
+    """The first figure that fails ``limits`` (a model's ``gate:``), as one line; None when all pass."""
     checks = (
         ("min_cosine", limits.min_cosine, "min cosine"),
         ("neighbour_overlap", limits.min_neighbour_overlap, f"mean top-{NEIGHBOURS} neighbour overlap"),

@@ -228,13 +228,25 @@ class TextClassifier(TokenizedModel):
         return self.run_network(batch)
 
 
-def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
+def sequence_classification(folder: Path) -> tuple[Any, Any]:
+    """The folder's tokenizer and ``*ForSequenceClassification`` (safetensors, no remote code)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     module = AutoModelForSequenceClassification.from_pretrained(
         str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
     )
+    return tokenizer, module
+
+
+def window(tokenizer: Any, module: torch.nn.Module) -> int:
+    """Tokens the model reads at most: the tokenizer's limit, within the position embeddings."""
+    positions = int(getattr(module.config, "max_position_embeddings", 512))
+    return min(int(tokenizer.model_max_length), positions)
+
+
+def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
+    tokenizer, module = sequence_classification(folder)
     labels, activation = classifier_labels(read_json(folder / "config.json"))
     declared = (spec.outputs.labels, spec.outputs.activation)
     if declared != (labels, activation):
@@ -243,8 +255,7 @@ def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifie
             f"the folder has {labels} ({activation})"
         )
     module.to(device).eval()
-    positions = int(getattr(module.config, "max_position_embeddings", 512))
-    return TextClassifier(tokenizer, module, min(int(tokenizer.model_max_length), positions), device)
+    return TextClassifier(tokenizer, module, window(tokenizer, module), device)
 
 
 def load(
@@ -274,19 +285,13 @@ def load(
 
 
 def load_scorer(spec: ModelSpec, folder: Path, device: str) -> PairScorer:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    module = AutoModelForSequenceClassification.from_pretrained(
-        str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
-    )
+    tokenizer, module = sequence_classification(folder)
     if module.config.num_labels != 1:
         raise ModelError(
             f"model {spec.name!r}: a reranker has one label, {folder} has {module.config.num_labels}"
         )
     module.to(device).eval()
-    positions = int(getattr(module.config, "max_position_embeddings", 512))
-    return PairScorer(tokenizer, module, min(int(tokenizer.model_max_length), positions), device)
+    return PairScorer(tokenizer, module, window(tokenizer, module), device)
 
 
 def sentence_transformers_layout(folder: Path) -> tuple[str, bool, int | None]:
@@ -329,6 +334,5 @@ def load_embedder(spec: ModelSpec, folder: Path, device: str) -> SentenceEmbedde
     )
     module.to(device).eval()
     if max_length is None:
-        positions = int(getattr(module.config, "max_position_embeddings", 512))
-        max_length = min(int(tokenizer.model_max_length), positions)
+        max_length = window(tokenizer, module)
     return SentenceEmbedder(tokenizer, module, max_length, pooling, normalize, device)

@@ -1,8 +1,6 @@
 """Which backend serves a ``huggingface`` model on this machine: gated, then measured.
 
-``python -m service tune NAME`` (or a model's first load with ``backend: auto`` when the cache
-holds no decision for this machine... see :func:`decide`) runs every backend on the calibration
-set against ``torch`` fp32 (:mod:`service.worker.gate`), refuses those that fail, and times the
+``python -m service tune NAME`` (:func:`tune`) runs every backend on the calibration set against ``torch`` fp32 (:mod:`service.worker.gate`), refuses those that fail, and times the
 rest on this machine for the two shapes a served model computes: a lone input (one client) and a
 full batch (many clients). The decision names a backend for each and is stored with the machine
 it was made on: the CPU model, its core count and the library versions. It is reused only while
@@ -76,13 +74,6 @@ def median_seconds(run: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def limits_of(spec: Any) -> Any:
-    from service.worker.gate import GateLimits
-
-    gate = spec.gate
-    return GateLimits(gate.min_cosine, gate.min_neighbour_overlap, gate.max_score_difference)
-
-
 def calibration_inputs(task: str) -> tuple[list[Any], int]:
     """The built-in calibration set of ``task``, and the group size (rerank: documents per query)."""
     from service.worker.gate import calibration_groups, calibration_texts
@@ -125,6 +116,21 @@ def figures_of(spec: Any, reference: Any, candidate: Any, group: int) -> dict[st
     return gate.classification_figures(scores[0], scores[1])
 
 
+def gated(
+    model: Any, spec: Any, name: str, cache: Any, calibration: tuple[list[Any], int], reference: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Backend ``name`` of ``model``, in use, and its gate record (``figures``, ``refused``: the
+    line that failed, or None) against ``reference``, torch's outputs on ``calibration``."""
+    from service.worker.backends import REFERENCE, make_backend
+    from service.worker.gate import failure
+
+    network = make_backend(name, model.module, model.example_features(), cache, thread_counts(spec))
+    model.use(network)
+    inputs, group = calibration
+    figures = {} if name == REFERENCE else figures_of(spec, reference, outputs_of(model, inputs), group)
+    return network, {"figures": figures, "refused": failure(figures, spec.gate)}
+
+
 def timing_shapes(spec: Any, inputs: list[Any]) -> dict[str, tuple[list[Any], int]]:
     """What a served model computes: one input with every core (one client), and a full batch of
     short inputs with its share of the cores (two workers side by side under load)."""
@@ -162,26 +168,21 @@ def tune(
 ) -> dict[str, Any]:
     """Gate and time every backend of ``entry`` (a ``huggingface`` model) on this machine; store
     and return the decision."""
-    from dataclasses import asdict
-
     from service.worker import huggingface
-    from service.worker.backends import BACKENDS, REFERENCE, ExportCache, make_backend
-    from service.worker.gate import failure
+    from service.worker.backends import BACKENDS, ExportCache
 
     say = say or (lambda line: logger.info("%s", line))
     spec = entry.spec
     model = huggingface.load(spec, entry.verified_weights(), "cpu", backend="torch")
     cache = ExportCache(cache_root / "exports", spec.name, spec.weights.sha256)
-    inputs, group = calibration_inputs(spec.task)
-    reference = outputs_of(model, inputs)
-    limits = limits_of(spec)
-    shapes = timing_shapes(spec, inputs)
+    calibration = calibration_inputs(spec.task)
+    reference = outputs_of(model, calibration[0])
+    shapes = timing_shapes(spec, calibration[0])
     records: dict[str, Any] = {}
     for name in names or BACKENDS:
-        model.use(make_backend(name, model.module, model.example_features(), cache, thread_counts(spec)))
-        figures = {} if name == REFERENCE else figures_of(spec, reference, outputs_of(model, inputs), group)
-        refused = failure(figures, limits)
-        record: dict[str, Any] = {"passed": refused is None, "figures": figures, "refused": refused}
+        _, record = gated(model, spec, name, cache, calibration, reference)
+        figures, refused = record["figures"], record["refused"]
+        record["passed"] = refused is None
         if refused is None:
             record["seconds"] = time_shapes(model, shapes, repeats)
             timing = ", ".join(
@@ -197,7 +198,7 @@ def tune(
         "model": spec.name,
         "folder_sha256": spec.weights.sha256,
         "machine": machine(),
-        "gate": asdict(limits),
+        "gate": spec.gate.model_dump(),
         "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "shapes": {shape: {"inputs": len(value[0]), "threads": value[1]} for shape, value in shapes.items()},
         "backends": records,
@@ -225,21 +226,21 @@ def select(model: Any, spec: Any, cache_root: Path | None) -> dict[str, str]:
     by shape. ``auto``: this machine's stored decision, else ``torch`` (logged). A named backend
     must pass the gate: the decision's figures when this machine's decision has them under the
     model's limits, else it is gated now, against ``torch`` on the calibration set."""
-    from dataclasses import asdict
-
     from service.core.repository import ModelError
     from service.worker.backends import REFERENCE, ExportCache, make_backend
-    from service.worker.gate import failure
 
     wanted = spec.backend
     if wanted == REFERENCE or cache_root is None:
         return {"lone": REFERENCE, "batch": REFERENCE}
-    limits = limits_of(spec)
     decision = stored_decision(decision_path(cache_root, spec.name, spec.weights.sha256))
-    if decision is not None and decision.get("gate") != asdict(limits):
+    if decision is not None and decision.get("gate") != spec.gate.model_dump():
         logger.warning("model %s: its gate changed since it was tuned: the decision is not used", spec.name)
         decision = None
     cache = ExportCache(cache_root / "exports", spec.name, spec.weights.sha256)
+
+    def make_network(name: str) -> Any:
+        return make_backend(name, model.module, model.example_features(), cache, thread_counts(spec))
+
     if wanted == "auto":
         if decision is None:
             logger.info(
@@ -249,16 +250,14 @@ def select(model: Any, spec: Any, cache_root: Path | None) -> dict[str, str]:
             )
             return {"lone": REFERENCE, "batch": REFERENCE}
         choice = dict(decision["choice"])
+        networks = {name: make_network(name) for name in set(choice.values())}
     else:
         record = (decision or {}).get("backends", {}).get(wanted)
-        if record is None:
-            inputs, group = calibration_inputs(spec.task)
-            reference = outputs_of(model, inputs)
-            model.use(
-                make_backend(wanted, model.module, model.example_features(), cache, thread_counts(spec))
-            )
-            figures = figures_of(spec, reference, outputs_of(model, inputs), group)
-            record = {"figures": figures, "refused": failure(figures, limits)}
+        network = None
+        if record is None:  # gated now: the network built for it is the one that serves
+            calibration = calibration_inputs(spec.task)
+            reference = outputs_of(model, calibration[0])
+            network, record = gated(model, spec, wanted, cache, calibration, reference)
         if record["refused"] is not None:
             raise ModelError(
                 f"model {spec.name!r}: backend {wanted} fails the accuracy gate: {record['refused']} "
@@ -266,9 +265,6 @@ def select(model: Any, spec: Any, cache_root: Path | None) -> dict[str, str]:
             )
         logger.info("model %s: backend %s passes the gate %s", spec.name, wanted, _shown(record["figures"]))
         choice = {"lone": wanted, "batch": wanted}
-    networks = {
-        name: make_backend(name, model.module, model.example_features(), cache, thread_counts(spec))
-        for name in set(choice.values())
-    }
+        networks = {wanted: network or make_network(wanted)}
     model.use(networks[choice["batch"]], networks[choice["lone"]])
     return choice

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.core.repository import GateSpec, ModelError, ModelRepository
+from service.core.repository import GateSpec, ModelError, ModelRepository, sha256_file
 from service.worker import huggingface
 from service.worker.tuning import decision_path, stored_decision, tune
 from tests.unit.test_minilm import SENTENCES
@@ -100,6 +100,4 @@ def test_a_tampered_export_is_made_again(decision: dict, cache: Path) -> None:
     model = huggingface.load(spec, ENTRY.verified_weights(), "cpu", cache)
     assert model.backends["batch"] == "onnx"
     record = json.loads(graph.with_suffix(".json").read_text())
-    from service.worker.backends import sha256_file
-
     assert sha256_file(graph) == record["sha256"]
