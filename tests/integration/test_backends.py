@@ -15,6 +15,7 @@ import torch
 
 from service.core.repository import GateSpec, ModelError, ModelRepository, sha256_file
 from service.worker import huggingface
+from service.worker.backends import BACKENDS, make_backend
 from service.worker.tuning import decision_path, stored_decision, tune
 from tests.unit.test_minilm import SENTENCES
 
@@ -40,7 +41,7 @@ def embed(model: object, texts: list[str]) -> np.ndarray:
 
 def test_tuning_gates_every_backend_and_chooses_among_those_that_pass(decision: dict, cache: Path) -> None:
     backends = decision["backends"]
-    assert set(backends) == {"torch", "torch-bf16", "onnx", "onnx-int8"}
+    assert tuple(backends) == BACKENDS
     int8 = backends["onnx-int8"]
     assert not int8["passed"] and int8["refused"]  # int8 moves embeddings too far for the default gate
     assert "neighbour overlap" in int8["refused"] or "min cosine" in int8["refused"]
@@ -80,7 +81,12 @@ def test_a_decision_made_on_another_machine_is_not_reused(decision: dict, cache:
     path = decision_path(cache, "minilm", ENTRY.spec.weights.sha256)
     original = path.read_text()
     try:
-        for key, value in (("cpu", "Another CPU"), ("cores", 64), ("onnxruntime", "0.0.1")):
+        for key, value in (
+            ("cpu", "Another CPU"),
+            ("cores", 64),
+            ("onnxruntime", "0.0.1"),
+            ("backends", "torch,onnx"),  # made before a backend was added or redefined
+        ):
             moved = json.loads(original)
             moved["machine"][key] = value
             path.write_text(json.dumps(moved))
@@ -101,3 +107,14 @@ def test_a_tampered_export_is_made_again(decision: dict, cache: Path) -> None:
     assert model.backends["batch"] == "onnx"
     record = json.loads(graph.with_suffix(".json").read_text())
     assert sha256_file(graph) == record["sha256"]
+
+
+def test_bf16_serves_a_bf16_copy_and_leaves_the_reference_in_fp32() -> None:
+    model = huggingface.load(ENTRY.spec, ENTRY.verified_weights(), "cpu", backend="torch")
+    network = make_backend("torch-bf16", model.module, model.example_features(), None, (1,))
+    dtypes = {parameter.dtype for parameter in network.module.parameters()}  # type: ignore[attr-defined]
+    assert dtypes == {torch.bfloat16}
+    assert {parameter.dtype for parameter in model.module.parameters()} == {torch.float32}
+    with torch.inference_mode():
+        output = network(model.example_features())
+    assert output.dtype == torch.float32
