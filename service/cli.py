@@ -4,7 +4,6 @@ each command calls the library function that does the work."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from service.core.repository import GRAD_MODES, ModelError, ModelRepository
 from service.files.job import DEFAULT_PROGRESS_INTERVAL, run_command
 from service.files.readers import DEFAULT_MAX_LINE_BYTES, FORMATS
-from service.settings import ConfigError, load_settings
+from service.settings import ConfigError, configure_logging, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,13 +177,13 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("info")
     try:
         if args.command == "serve":
             from service.runtime.launcher import serve
 
             settings = load_settings(args.config, host=args.host, port=args.port, **folder_overrides(args))
-            logging.getLogger().setLevel(settings.log_level.upper())
+            configure_logging(settings.log_level)
             return serve(settings)
         if args.command == "models":
             settings = load_settings(args.config)

@@ -6,6 +6,7 @@ Built once in ``main()`` and passed down; nothing reads settings at import time.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -184,3 +185,13 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``: the command line's process, and each inference worker (LitServe
+    spawns them, so they start with Python's default of warnings only, without a format)."""
+    logging.basicConfig(format=LOG_FORMAT)
+    logging.getLogger().setLevel(level.upper())

@@ -132,6 +132,7 @@ def build_runtime(settings: Settings, repository: ModelRepository) -> tuple[LitS
             max_line_bytes=settings.max_line_bytes,
             metrics=settings.metrics,
             spool_dir=spool_dir,
+            log_level=settings.log_level,
         )
         apis.append(ModelAPI(config))
         workers[internal_path(name)] = count

@@ -19,6 +19,7 @@ from service import metrics
 from service.core.rejection import InputRejected
 from service.core.repository import GradMode, ModelEntry, ModelError, ModelRepository, ModelSpec
 from service.runtime.litserve import LitAPI, internal_path
+from service.settings import configure_logging
 from service.worker.loop import BatchingLoop
 from service.worker.memory import MemoryReporter
 
@@ -56,6 +57,7 @@ class WorkerConfig:
     entry: ModelEntry | None = None
     # backend exports and tuning decisions (service.worker.tuning); None: serve torch
     cache_dir: Path | None = None
+    log_level: str = "info"  # the worker is spawned: its logging is configured again in setup
 
 
 class ModelAPI(LitAPI):  # type: ignore[misc]
@@ -79,6 +81,7 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
 
         # The launcher orchestrates shutdown: a terminal's Ctrl-C must not kill workers mid-batch.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        configure_logging(self.config.log_level)
         _thread_local_progress_lock()
         if not self.config.metrics:
             metrics.disable()

@@ -257,6 +257,15 @@ def select(model: Any, spec: Any, cache_root: Path | None) -> dict[str, str]:
             return {"lone": REFERENCE, "batch": REFERENCE}
         choice = dict(decision["choice"])
         networks = {name: make_network(name) for name in set(choice.values())}
+        figures = {name: _shown(decision["backends"][name]["figures"]) for name in set(choice.values())}
+        logger.info(
+            "model %s: serves %s for lone inputs, %s for batches (tuned here %s; gate %s)",
+            spec.name,
+            choice["lone"],
+            choice["batch"],
+            decision.get("made", "?"),
+            "; ".join(f"{name} {shown}" for name, shown in sorted(figures.items())),
+        )
     else:
         record = (decision or {}).get("backends", {}).get(wanted)
         network = None

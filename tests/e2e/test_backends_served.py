@@ -55,6 +55,10 @@ def test_a_tuned_model_serves_its_decision_within_the_gate(tmp_path: Path) -> No
         served = [embeddings(tuned_server, SENTENCES[:1]), embeddings(tuned_server, SENTENCES)]
         info = backend_samples(tuned_server)
     assert {("lone", lone), ("batch", batch)} <= info, info
+    # the workers log (they are spawned: their logging is configured again) what serves, and why
+    log = tuned_server.final_output
+    assert f"model minilm: serves {lone} for lone inputs, {batch} for batches (tuned here" in log, log[-3000:]
+    assert "model minilm ready on cpu" in log, log[-3000:]
     forced = {"SERVICE_CACHE_DIR": str(tmp_path), "SERVICE_MODELS__MINILM__BACKEND": "torch"}
     with ServerProcess(serve=["minilm"], env=forced) as torch_server:
         reference = [embeddings(torch_server, SENTENCES[:1]), embeddings(torch_server, SENTENCES)]
