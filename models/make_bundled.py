@@ -5,7 +5,10 @@ what real models of this size cost; their scores mean nothing. Deterministic: th
 the sha256 pinned in each model.yaml, on every run.
 
 - ``reranker``: one label (a cross-encoder);
-- ``classifier``: three labels, negative / neutral / positive (single-label: softmax).
+- ``classifier``: three labels, negative / neutral / positive (single-label: softmax);
+- ``image_classifier``: ViT-Tiny's shapes (224 x 224 images, 16-pixel patches, 12 layers of 192,
+  5.5M parameters) with seeded random weights, ten labels and a ViT image processor (resize to
+  224 x 224, normalise): what a real image classifier of that size costs; its labels mean nothing.
 
     python models/make_bundled.py [NAME ...]   (default: every bundled model whose folder is missing)
 """
@@ -58,9 +61,44 @@ def make(target: Path, id2label: dict[int, str] | None) -> None:
     staging.rename(target)
 
 
+IMAGE_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def make_image_classifier(target: Path) -> None:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(SEED)
+    config = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=192,
+        num_hidden_layers=12,
+        num_attention_heads=3,
+        intermediate_size=768,
+        num_labels=len(IMAGE_LABELS),
+        id2label=dict(enumerate(IMAGE_LABELS)),
+        label2id={label: index for index, label in enumerate(IMAGE_LABELS)},
+    )
+    model = ViTForImageClassification(config).eval()
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    processor = ViTImageProcessor(
+        size={"height": 224, "width": 224}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+    )
+    processor.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
 def main(names: list[str]) -> int:
-    for name in names or [n for n in BUNDLED if not (HERE / n / "folder").is_dir()]:
-        make(HERE / name / "folder", BUNDLED[name])
+    every = [*BUNDLED, "image_classifier"]
+    for name in names or [n for n in every if not (HERE / n / "folder").is_dir()]:
+        if name == "image_classifier":
+            make_image_classifier(HERE / name / "folder")
+        else:
+            make(HERE / name / "folder", BUNDLED[name])
     return 0
 
 

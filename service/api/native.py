@@ -23,6 +23,7 @@ from service import metrics
 from service.api.auth import require_api_key
 from service.api.dispatch import deadline_for
 from service.api.errors import ApiError, describe_validation, error_responses, json_response
+from service.api.images import query_parameters, takes_upload, uploaded_images
 from service.api.openai_schema import model_entry, model_list
 from service.api.state import ModelRoute, ServiceState, service_state
 from service.api.uploads import read_json
@@ -95,15 +96,21 @@ async def predict(request: Request, name: str) -> Response:
         state.dispatcher.precheck(route)
         settings = state.settings
         deadline = deadline_for(request.headers, settings, arrived)
-        data = await read_json(request, settings.max_body_bytes, settings.body_timeout)
-        try:
-            parsed = route.request_model.model_validate(data)
-        except ValidationError as exc:
-            raise ApiError(422, describe_validation(exc)) from None
-        inputs = request_inputs(route.spec, parsed)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if takes_upload(route.spec, content_type):  # an image model's raw or multipart body
+            parameters = query_parameters(request, route.spec)
+            inputs: list[Any] = list(await uploaded_images(request, route.spec, settings, content_type))
+        else:
+            data = await read_json(request, settings.max_body_bytes, settings.body_timeout)
+            try:
+                parsed = route.request_model.model_validate(data)
+            except ValidationError as exc:
+                raise ApiError(422, describe_validation(exc)) from None
+            parameters = getattr(parsed, "parameters", None)
+            inputs = request_inputs(route.spec, parsed)
         result = await state.dispatcher.predict(route, request, inputs, deadline)
         outputs = route.spec.outputs
-        answer = outputs.codec.native(outputs, result.outputs, getattr(parsed, "parameters", None))
+        answer = outputs.codec.native(outputs, result.outputs, parameters)
         code = 200
         return json_response({"model": name, "version": route.spec.version, "outputs": answer})
     except ApiError as exc:

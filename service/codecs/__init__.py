@@ -7,11 +7,12 @@ its tests: the protocols, the file readers and the worker ask the codec, never t
 from __future__ import annotations
 
 from service.codecs.base import FLOAT32_MAX, CodecError, InputCodec, RecordCheck, TensorData, type_name
+from service.codecs.image import IMAGE
 from service.codecs.text import TEXT
 from service.codecs.text_pair import TEXT_PAIR
 from service.codecs.vector import VECTOR
 
-INPUT_CODECS: dict[str, InputCodec] = {codec.kind: codec for codec in (TEXT, TEXT_PAIR, VECTOR)}
+INPUT_CODECS: dict[str, InputCodec] = {codec.kind: codec for codec in (TEXT, TEXT_PAIR, VECTOR, IMAGE)}
 
 
 def input_codec(kind: str) -> InputCodec:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.codecs import INPUT_CODECS, InputCodec, input_codec
+from service.codecs.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from service.codecs.outputs import OUTPUT_CODECS, OutputCodec
 
 # how an InferenceSession switches autograd off (defined here, torch-free, for settings and the CLI)
@@ -27,7 +28,12 @@ GradMode = Literal["no_grad", "inference_mode"]
 GRAD_MODES: tuple[GradMode, ...] = ("no_grad", "inference_mode")
 
 # the huggingface runtime's tasks, and the input kind each takes
-HUGGINGFACE_TASKS = {"feature-extraction": "text", "rerank": "text_pair", "text-classification": "text"}
+HUGGINGFACE_TASKS = {
+    "feature-extraction": "text",
+    "rerank": "text_pair",
+    "text-classification": "text",
+    "image-classification": "image",
+}
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
@@ -50,6 +56,10 @@ class InputSpec(BaseModel):
     max_length: int = Field(10_000, ge=1)
     # vector: the exact number of floats each input must have
     dim: int | None = Field(None, ge=1)
+    # image: the most pixels (width x height, read from the header before decoding) and encoded
+    # bytes one image may have (larger is a 413)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
     # one input the worker warms the model up with before it is ready (default: the codec's own
     # example: a short sentence, a vector of zeros); declare one if the model checks its inputs
     example: Any = None
@@ -204,6 +214,8 @@ class ModelSpec(BaseModel):
                 )
             if self.inputs.kind != kind:
                 raise ValueError(f"task {self.task} takes inputs of kind {kind!r}, not {self.inputs.kind!r}")
+        if self.inputs.kind == "image" and self.backend not in ("auto", "torch"):
+            raise ValueError(f"backend {self.backend}: image models run on torch (the gate's sets are text)")
         if self.runtime == "python" and self.backend not in ("auto", "torch"):
             raise ValueError(f"backend {self.backend} is for the huggingface runtime; model.py runs on torch")
         if self.runtime == "huggingface" and self.weights.checksum_file is not None:
@@ -358,7 +370,7 @@ def folder_outputs(task: str, kind: FolderKind, config: dict[str, Any]) -> Outpu
     """What a folder's model answers, for ``task``."""
     if task == "rerank":
         return OutputSpec(kind="relevance", size=1)
-    if task == "text-classification":
+    if task in ("text-classification", "image-classification"):
         labels, activation = classifier_labels(config)
         return OutputSpec(kind="classification", size=len(labels), labels=labels, activation=activation)
     return OutputSpec(size=kind.size)
@@ -471,6 +483,7 @@ class ModelRepository:
                 f"{', '.join(sorted(HUGGINGFACE_TASKS))} (pass --task if the guess is wrong)"
             )
         digest = sha256 or sha256_folder(folder)
+        image = HUGGINGFACE_TASKS[task] == "image"
         try:
             spec = ModelSpec(
                 name=name,
@@ -479,10 +492,10 @@ class ModelRepository:
                 description=f"served from {folder}",
                 runtime="huggingface",
                 weights=WeightsSpec(path=".", sha256=digest),
-                inputs=InputSpec(kind=HUGGINGFACE_TASKS[task], max_items=256),
+                inputs=InputSpec(kind=HUGGINGFACE_TASKS[task], max_items=64 if image else 256),
                 outputs=folder_outputs(task, inferred, config),
-                max_batch_size=32,
-                max_batch_tokens=8192,
+                max_batch_size=16 if image else 32,
+                max_batch_tokens=None if image else 8192,  # an image costs 1: the processor fixes its size
                 batch_timeout=0.005,
             )
         except ValidationError as exc:

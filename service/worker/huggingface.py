@@ -9,7 +9,9 @@ safetensors weights are read, with ``local_files_only``; a folder that needs
 Tasks: ``feature-extraction`` (sentence embeddings: a sentence-transformers folder's pooling,
 normalisation and ``max_seq_length``; a bare encoder gets mean pooling, unnormalised),
 ``rerank`` (a one-label ``*ForSequenceClassification`` cross-encoder: sigmoid of its logit per
-query-document pair, a long document scored by its best chunk) and ``text-classification``.
+query-document pair, a long document scored by its best chunk), ``text-classification`` and
+``image-classification`` (the folder's image processor; images decoded here, in the worker:
+:mod:`service.codecs.image`).
 """
 
 from __future__ import annotations
@@ -245,8 +247,8 @@ def window(tokenizer: Any, module: torch.nn.Module) -> int:
     return min(int(tokenizer.model_max_length), positions)
 
 
-def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
-    tokenizer, module = sequence_classification(folder)
+def check_labels(spec: ModelSpec, folder: Path) -> None:
+    """The labels and activation model.yaml declares are the folder's (its config's id2label)."""
     labels, activation = classifier_labels(read_json(folder / "config.json"))
     declared = (spec.outputs.labels, spec.outputs.activation)
     if declared != (labels, activation):
@@ -254,8 +256,66 @@ def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifie
             f"model {spec.name!r}: model.yaml declares labels {declared[0]} ({declared[1]}), "
             f"the folder has {labels} ({activation})"
         )
+
+
+def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifier:
+    tokenizer, module = sequence_classification(folder)
+    check_labels(spec, folder)
     module.to(device).eval()
     return TextClassifier(tokenizer, module, window(tokenizer, module), device)
+
+
+class ImageClassifier:
+    """A ``*ForImageClassification`` with the folder's image processor: each input's encoded
+    image decoded (an undecodable one is that input's 422 alone), resized and normalised as the
+    processor says; its logits per input, in label order. Every image costs the batcher 1 (the
+    processor makes every image the same size). Runs on torch."""
+
+    def __init__(self, processor: Any, module: torch.nn.Module, device: str, spec: ModelSpec) -> None:
+        self.processor = processor
+        self.module = module
+        self.device = device
+        self.max_bytes = spec.inputs.max_bytes
+        self.max_pixels = spec.inputs.max_pixels
+        self.backends = {"lone": "torch", "batch": "torch"}
+
+    def preprocess(self, inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
+        from service.codecs import CodecError
+        from service.codecs.image import decode, image_bytes
+        from service.core.rejection import InputRejected
+
+        images = []
+        for index, value in enumerate(inputs):
+            try:
+                images.append(decode(image_bytes(value, self.max_bytes), self.max_pixels))
+            except CodecError as exc:
+                raise InputRejected(exc.message, index=index) from None
+            except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError...
+                raise InputRejected(f"the image cannot be decoded: {exc}", index=index) from None
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels.to(self.device)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits: torch.Tensor = self.module(**batch)[0]
+        return logits
+
+    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
+        rows: list[list[float]] = output.detach().float().cpu().tolist()
+        return rows
+
+
+def load_image_classifier(spec: ModelSpec, folder: Path, device: str) -> ImageClassifier:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(
+        str(folder), local_files_only=True, trust_remote_code=False
+    )
+    module = AutoModelForImageClassification.from_pretrained(
+        str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )
+    check_labels(spec, folder)
+    module.to(device).eval()
+    return ImageClassifier(processor, module, device, spec)
 
 
 def load(
@@ -268,14 +328,15 @@ def load(
         "feature-extraction": load_embedder,
         "rerank": load_scorer,
         "text-classification": load_classifier,
+        "image-classification": load_image_classifier,
     }
     loader = loaders.get(spec.task)
     if loader is None:
         raise ModelError(f"model {spec.name!r}: the huggingface runtime does not serve task {spec.task!r}")
-    model: TokenizedModel = loader(spec, folder, device)
+    model: Any = loader(spec, folder, device)
     if device != "cpu" and (backend or spec.backend) not in ("torch", "auto"):
         raise ModelError(f"model {spec.name!r}: backend {backend or spec.backend} runs on the CPU only")
-    if device == "cpu":
+    if device == "cpu" and isinstance(model, TokenizedModel):
         from service.worker.tuning import select
 
         model.backends = select(
