@@ -68,7 +68,11 @@ def probe(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             warnings.simplefilter("ignore")  # Pillow's own bomb warning: the limit below is ours
             with Image.open(io.BytesIO(data), formats=FORMATS) as image:
                 kind, (width, height) = str(image.format), image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:  # past twice Pillow's own limit: refused by it
+        raise CodecError(
+            f"the image has more pixels than the model accepts ({max_pixels}): {exc}", too_large=True
+        ) from None
+    except UnidentifiedImageError:
         raise CodecError(
             f"the input is not an image in a format the model reads ({', '.join(FORMATS)})"
         ) from None
@@ -91,8 +95,10 @@ def checked(value: str | bytes, spec: InputSpec) -> bytes:
     """The encoded image of one input, its size and header checked (what the API server does).
     Bytes are the file's, unless they are base64 text (a v2 JSON tensor's BYTES element)."""
     if isinstance(value, bytes) and not value.startswith(_MAGIC):
-        with contextlib.suppress(UnicodeDecodeError):
-            value = value.decode("ascii")
+        with contextlib.suppress(binascii.Error, ValueError):
+            text = value.strip().decode("ascii")
+            if text.startswith("data:") or base64.b64decode(text[:64], validate=True).startswith(_MAGIC):
+                value = text
     data = image_bytes(value, spec.max_bytes)
     probe(data, spec.max_pixels)
     return data
