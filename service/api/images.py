@@ -16,7 +16,7 @@ from starlette.requests import Request
 from service.api.errors import ApiError, describe_validation
 from service.api.uploads import read_body
 from service.codecs import CodecError
-from service.codecs.image import checked
+from service.codecs.image import checked, limits
 from service.core.repository import ModelSpec
 from service.settings import Settings
 
@@ -54,12 +54,12 @@ async def uploaded_images(
     images: list[bytes] = []
     try:
         async with request.form(
-            max_files=limit, max_fields=limit, max_part_size=spec.inputs.max_bytes
+            max_files=limit, max_fields=limit, max_part_size=limits(spec.inputs)[0]
         ) as form:
             for field, value in form.multi_items():
                 if isinstance(value, str):
                     continue
-                data = await value.read(spec.inputs.max_bytes + 1)
+                data = await value.read(limits(spec.inputs)[0] + 1)
                 images.append(_checked(spec, data, f"file part {field!r} ({value.filename or 'no name'})"))
     except ApiError:
         raise

@@ -215,6 +215,7 @@ def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool)
     if not isinstance(datatype, str) or datatype not in _KNOWN:
         raise TensorError(400, f"input {declared!r}: unknown datatype {str(datatype)[:16]!r}")
     count, rows = _check_shape(spec, tensor.get("shape"))
+    shape = tuple(tensor["shape"])
     parameters = _object(tensor.get("parameters"), "inputs[0].parameters")
     if "shared_memory_region" in parameters:
         raise TensorError(400, f"input {declared!r}: shared memory is not supported; send the data")
@@ -242,7 +243,7 @@ def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool)
             )
         if not has_data:
             raise TensorError(400, f"input {declared!r} has neither 'data' nor 'binary_data_size'")
-    elements = _Elements(None if size is not None else tensor["data"], binary, count, datatype)
+    elements = _Elements(None if size is not None else tensor["data"], binary, count, datatype, shape)
     try:
         return spec.inputs.codec.v2_values(spec.inputs, declared, datatype, rows, elements)
     except CodecError as exc:
@@ -258,6 +259,7 @@ class _Elements:
     binary: bytes
     count: int
     datatype: str
+    shape: tuple[int, ...]
 
     def strings(self) -> list[bytes]:
         if self.data is None:

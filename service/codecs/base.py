@@ -35,6 +35,11 @@ class CodecError(ValueError):
 class TensorData(Protocol):
     """An Open Inference Protocol tensor's elements, read on demand (``service.api.v2_tensors``)."""
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape, as the codec's ``v2_shape_error`` checked it."""
+        ...
+
     def strings(self) -> list[bytes]:
         """Every element as bytes (BYTES tensors)."""
         ...

@@ -88,6 +88,11 @@ def probe(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     return kind, width, height
 
 
+def limits(spec: InputSpec) -> tuple[int, int]:
+    """(max_bytes, max_pixels) of one image of this input."""
+    return spec.max_bytes or DEFAULT_MAX_BYTES, spec.max_pixels or DEFAULT_MAX_PIXELS
+
+
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 
 
@@ -99,8 +104,9 @@ def checked(value: str | bytes, spec: InputSpec) -> bytes:
             text = value.strip().decode("ascii")
             if text.startswith("data:") or base64.b64decode(text[:64], validate=True).startswith(_MAGIC):
                 value = text
-    data = image_bytes(value, spec.max_bytes)
-    probe(data, spec.max_pixels)
+    max_bytes, max_pixels = limits(spec)
+    data = image_bytes(value, max_bytes)
+    probe(data, max_pixels)
     return data
 
 
@@ -159,7 +165,7 @@ class ImageCodec:
                 raise ValueError(exc.message) from None
             return value
 
-        longest = (spec.max_bytes + 2) // 3 * 4 + 64  # base64 of max_bytes, and a data URL's header
+        longest = (limits(spec)[0] + 2) // 3 * 4 + 64  # base64 of max_bytes, and a data URL's header
         return Annotated[StrictStr, Field(max_length=longest), AfterValidator(valid)]
 
     def grouped_fields(self, spec: InputSpec) -> dict[str, Any]:
@@ -184,16 +190,37 @@ class ImageCodec:
         return {"datatype": "BYTES", "shape": [-1]}
 
     def v2_datatypes(self) -> tuple[str, ...]:
-        return ("BYTES",)
+        return ("BYTES", "UINT8")
 
     def v2_shape_error(self, spec: InputSpec, shape: list[int]) -> CodecError | None:
         if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
             return None
-        return shape_mismatch(shape, "[N] or [N, 1]", spec.max_items)
+        if len(shape) == 4 and shape[3] == 3:  # decoded: [N, height, width, RGB]
+            max_pixels = limits(spec)[1]
+            if shape[1] * shape[2] > max_pixels:
+                return CodecError(
+                    f"images of {shape[2]} x {shape[1]} pixels; the model accepts at most {max_pixels}",
+                    too_large=True,
+                )
+            if shape[1] < 1 or shape[2] < 1:
+                return CodecError(f"images of shape {shape[1:]} have no pixels")
+            return None
+        return shape_mismatch(
+            shape, "[N] (BYTES: encoded images) or [N, height, width, 3] (UINT8: RGB)", spec.max_items
+        )
 
     def v2_values(self, spec: InputSpec, name: str, datatype: str, rows: int, data: TensorData) -> list[Any]:
-        if datatype != "BYTES":
-            raise CodecError(f"input {name!r} must be BYTES (encoded images), got {datatype}")
+        decoded = len(data.shape) == 4
+        if datatype == "UINT8" and decoded:
+            import numpy as np
+
+            pixels = data.numbers().astype(np.uint8).reshape(data.shape)
+            return list(pixels)
+        if datatype != "BYTES" or decoded:
+            raise CodecError(
+                f"input {name!r} must be BYTES [N] (encoded images) or UINT8 [N, height, width, 3] "
+                f"(RGB pixels), got {datatype} {list(data.shape)}"
+            )
         images: list[Any] = []
         for index, item in enumerate(data.strings()):
             try:

@@ -20,7 +20,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.codecs import INPUT_CODECS, InputCodec, input_codec
-from service.codecs.image import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from service.codecs.outputs import OUTPUT_CODECS, OutputCodec
 
 # how an InferenceSession switches autograd off (defined here, torch-free, for settings and the CLI)
@@ -57,9 +56,9 @@ class InputSpec(BaseModel):
     # vector: the exact number of floats each input must have
     dim: int | None = Field(None, ge=1)
     # image: the most pixels (width x height, read from the header before decoding) and encoded
-    # bytes one image may have (larger is a 413)
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    # bytes one image may have (larger is a 413); None: 40 MP, 6 MiB (service.codecs.image)
+    max_pixels: int | None = Field(None, ge=1)
+    max_bytes: int | None = Field(None, ge=1)
     # one input the worker warms the model up with before it is ready (default: the codec's own
     # example: a short sentence, a vector of zeros); declare one if the model checks its inputs
     example: Any = None
@@ -75,6 +74,8 @@ class InputSpec(BaseModel):
     def _check(self) -> InputSpec:
         if self.min_items > self.max_items:
             raise ValueError("min_items must not exceed max_items")
+        if self.kind != "image" and (self.max_pixels is not None or self.max_bytes is not None):
+            raise ValueError("'max_pixels' and 'max_bytes' are limits of image inputs")
         self.codec.check_spec(self)
         if self.example is not None and not self.codec.fits(self, self.example):
             raise ValueError(f"'example' must be one valid {self.kind} input")

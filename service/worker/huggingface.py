@@ -275,17 +275,24 @@ class ImageClassifier:
         self.processor = processor
         self.module = module
         self.device = device
-        self.max_bytes = spec.inputs.max_bytes
-        self.max_pixels = spec.inputs.max_pixels
+        from service.codecs.image import limits
+
+        self.max_bytes, self.max_pixels = limits(spec.inputs)
         self.backends = {"lone": "torch", "batch": "torch"}
 
     def preprocess(self, inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
+        import numpy as np
+        from PIL import Image
+
         from service.codecs import CodecError
         from service.codecs.image import decode, image_bytes
         from service.core.rejection import InputRejected
 
         images = []
         for index, value in enumerate(inputs):
+            if isinstance(value, np.ndarray):  # v2 UINT8 [height, width, 3]: pixels already
+                images.append(Image.fromarray(value, "RGB"))
+                continue
             try:
                 images.append(decode(image_bytes(value, self.max_bytes), self.max_pixels))
             except CodecError as exc:

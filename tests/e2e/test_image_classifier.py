@@ -152,6 +152,33 @@ def test_tritonclient_bytes_and_the_classification_extension(
         assert labels == [item["label"] for item in want[:3]]
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_uint8_pixels(server: ServerProcess, expected: Any, binary: bool) -> None:
+    """Decoded images, [N, height, width, 3] UINT8: the same answers as their encoded files."""
+    pixels = np.stack([np.array(Image.open(io.BytesIO(IMAGES[i])).convert("RGB")) for i in (0, 4)])
+    assert pixels.shape == (2, 180, 240, 3)
+    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+        images = triton.InferInput("IMAGE", list(pixels.shape), "UINT8")
+        images.set_data_from_numpy(pixels, binary_data=binary)
+        wanted = triton.InferRequestedOutput("LOGITS", binary_data=binary, class_count=10)
+        result = client.infer("image_classifier", [images], outputs=[wanted])
+    classes = result.as_numpy("LOGITS")
+    assert classes is not None
+    for row, want in zip(classes.tolist(), [expected[0], expected[4]], strict=True):
+        labels = [(e.decode() if isinstance(e, bytes) else e).split(":")[2] for e in row]
+        assert labels == [item["label"] for item in want]
+    wrong = server.post(
+        "/v2/models/image_classifier/infer",
+        {"inputs": [{"name": "IMAGE", "shape": [1, 2, 2, 3], "datatype": "FP32", "data": [0.0] * 12}]},
+    )
+    assert wrong.status_code == 400 and "UINT8" in wrong.json()["error"]
+    huge = server.post(
+        "/v2/models/image_classifier/infer",
+        {"inputs": [{"name": "IMAGE", "shape": [1, 10_000, 10_000, 3], "datatype": "UINT8", "data": [0]}]},
+    )
+    assert huge.status_code == 413, huge.text
+
+
 def png_chunks(width: int, height: int, pixels: bytes = b"") -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (a few bytes of compressed data)."""
 

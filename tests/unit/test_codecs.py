@@ -17,8 +17,17 @@ SPECS = {
     "text": InputSpec(kind="text", max_length=12, max_items=4),
     "text_pair": InputSpec(kind="text_pair", max_length=12, max_items=4),
     "vector": InputSpec(kind="vector", dim=3, max_items=4),
+    "image": InputSpec(kind="image", max_items=4, max_pixels=100, max_bytes=1000),
 }
-GOOD: dict[str, Any] = {"text": "hello", "text_pair": ["a query", "a document"], "vector": [1, 2.5, -3]}
+# a 1 x 1 PNG, base64; an 11 x 11 one (121 pixels: past max_pixels)
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"
+BIG_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAsAAAALCAIAAAAmzuBxAAAADUlEQVR4nGNgGAX0BwABdgABng9ZqQAAAABJRU5ErkJggg=="
+GOOD: dict[str, Any] = {
+    "text": "hello",
+    "text_pair": ["a query", "a document"],
+    "vector": [1, 2.5, -3],
+    "image": PNG,
+}
 BAD: dict[str, list[Any]] = {
     "text": [3, None, "x" * 13, ["a"]],
     "text_pair": [
@@ -32,14 +41,16 @@ BAD: dict[str, list[Any]] = {
         [None, "d"],
     ],
     "vector": ["1,2,3", [1, 2], [1, 2, float("nan")], [1, 2, 1e39], [True, 1, 2]],
+    "image": [3, None, "not base64!", "aGVsbG8gd29ybGQ=", "data:text/plain,hello", BIG_PNG, ["a"]],
 }
 
 
 class Elements:
     """A v2 tensor's elements, as service.api.v2_tensors hands them to a codec."""
 
-    def __init__(self, values: list[Any]) -> None:
+    def __init__(self, values: list[Any], shape: tuple[int, ...] = ()) -> None:
         self.values = values
+        self.shape = shape or (len(values),)
 
     def strings(self) -> list[bytes]:
         return [v.encode() if isinstance(v, str) else v for v in self.values]
@@ -50,7 +61,7 @@ class Elements:
 
 def test_every_declared_kind_has_a_codec_and_an_unknown_one_is_refused() -> None:
     assert set(INPUT_CODECS) == set(SPECS)
-    with pytest.raises(ValidationError, match="Input should be 'text' or 'text_pair' or 'vector'"):
+    with pytest.raises(ValidationError, match="Input should be 'text' or 'text_pair' or 'vector' or 'image'"):
         InputSpec(kind="pair")
 
 
