@@ -27,7 +27,7 @@ from service.api.state import service_state
 from service.api.uploads import spool_upload
 from service.core.messages import Failure, FileDone, FileJob, FileProgress
 from service.core.spool import remove_quietly
-from service.files.job import input_keys
+from service.files.job import check_archive_kind, input_keys
 from service.files.readers import FormatError, check_format
 
 FILE_CHUNK = 64 * 1024
@@ -63,8 +63,13 @@ async def predict_file(request: Request, name: str) -> Response:
                 raise ApiError(
                     400, f"the {label} key or column name must have 1 to {MAX_KEY_LENGTH} characters"
                 )
+        if fmt == "folder":
+            raise ApiError(400, "format folder is for the command line; upload a tar or zip archive")
         try:
             keys = input_keys(route.spec.inputs, input_key)
+            check_archive_kind(route.spec.inputs, fmt)
+        except FormatError as exc:
+            raise ApiError(415, str(exc)) from None
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         try:

@@ -27,8 +27,21 @@ CONTENT_TYPES: dict[str, Format] = {
     "application/json-lines": "jsonl",
     "text/csv": "csv",
     "text/plain": "txt",
+    "application/x-tar": "tar",
+    "application/gzip": "tar",
+    "application/x-gtar": "tar",
+    "application/zip": "zip",
+    "application/x-zip-compressed": "zip",
 }
-EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
+EXTENSIONS: dict[str, Format] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".txt": "txt",
+    ".tar": "tar",
+    ".tgz": "tar",
+    ".zip": "zip",
+}
 JSON_TYPES = ("application/json",)
 # Content-Encoding -> zlib wbits: gzip's header, and HTTP's "deflate", which is the zlib format (RFC 9110)
 CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}

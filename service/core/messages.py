@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-FileFormat = Literal["jsonl", "csv", "txt"]
+FileFormat = Literal["jsonl", "csv", "txt", "tar", "zip"]  # a folder is for the command line only
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,11 @@ from service.core.repository import (
     ModelRepository,
     ModelSpec,
 )
+from service.files.archives import ARCHIVE_FORMATS, DEFAULT_MAX_MEMBER_BYTES
 from service.files.readers import (
     DEFAULT_INPUT_KEY,
     DEFAULT_MAX_LINE_BYTES,
+    FORMATS,
     Format,
     FormatError,
     InputKeys,
@@ -47,16 +49,26 @@ if TYPE_CHECKING:  # torch loads only when a job runs, not when the CLI parser i
 
 __all__ = [
     "JobResult",
+    "check_archive_kind",
     "format_record",
     "input_keys",
     "input_validator",
+    "member_limit",
     "partial_path",
     "reads_json_values",
     "run_command",
     "run_predict_file",
 ]
 
-EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt"}
+EXTENSIONS: dict[str, Format] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".txt": "txt",
+    ".tar": "tar",
+    ".tgz": "tar",
+    ".zip": "zip",
+}
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
 _SCAN_CHUNK = 1 << 16
 
@@ -95,6 +107,21 @@ def input_keys(inputs: InputSpec, given: str | None) -> InputKeys:
         wanted = f"one key, or {len(parts)} comma-separated ({', '.join(parts)})" if parts else "one key"
         raise ValueError(f"the input key {given[:100]!r} must name {wanted}")
     return (keys,)
+
+
+def member_limit(inputs: InputSpec) -> int:
+    """The most bytes one archive member may have (an image model's ``max_bytes``)."""
+    from service.codecs.image import limits
+
+    return limits(inputs)[0] if inputs.kind == "image" else DEFAULT_MAX_MEMBER_BYTES
+
+
+def check_archive_kind(inputs: InputSpec, fmt: str) -> None:
+    """Archives and folders hold files: only a model of ``image`` inputs reads them (FormatError)."""
+    if fmt in ARCHIVE_FORMATS and inputs.kind != "image":
+        raise FormatError(
+            f"a {fmt} holds files, one input each: for image models; this model takes {inputs.kind}"
+        )
 
 
 def reads_json_values(inputs: InputSpec, fmt: str) -> bool:
@@ -145,6 +172,7 @@ def run_predict_file(
         skip_lines=skip,
         validate=validate,
         json_values=json_values,
+        max_member_bytes=member_limit(spec.inputs),
     ) as batches:
         # FormatError has been raised by now, so a bad input never overwrites a partial file
         with (
@@ -352,10 +380,14 @@ def run_command(
         print(f"predict-file: {message}", file=sys.stderr)
         return code
 
-    fmt = fmt or EXTENSIONS.get(input_path.suffix.lower())
+    fmt = fmt or ("folder" if input_path.is_dir() else EXTENSIONS.get(input_path.suffix.lower()))
     if fmt is None:
-        return fail(f"cannot tell the format of {input_path} from its extension; pass --format jsonl|csv|txt")
-    if not input_path.is_file():
+        return fail(
+            f"cannot tell the format of {input_path} from its extension; pass --format {'|'.join(FORMATS)}"
+        )
+    if fmt == "folder" and not input_path.is_dir():
+        return fail(f"{input_path} is not a folder")
+    if fmt != "folder" and not input_path.is_file():
         return fail(f"{input_path} is not a file")
     output_path: Path = output or input_path.with_name(input_path.stem + ".predictions.jsonl")
     if output_path.resolve() == input_path.resolve():
@@ -363,6 +395,7 @@ def run_command(
     try:
         entry = ModelRepository(repository or DEFAULT_REPOSITORY).get(model)
         keys = input_keys(entry.spec.inputs, input_key)
+        check_archive_kind(entry.spec.inputs, fmt)
         # a bad file is reported before the (possibly slow) model load
         check_format(input_path, fmt, input_key=keys, id_key=id_key, max_line_bytes=max_line_bytes)
     except (ModelError, FormatError, OSError, ValueError) as exc:

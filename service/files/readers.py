@@ -14,11 +14,14 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
 
 import orjson
 
-Format = Literal["jsonl", "csv", "txt"]
+from service.files.archives import ARCHIVE_FORMATS, DEFAULT_MAX_MEMBER_BYTES, ArchiveBatches, archive_problem
+
+Format = Literal["jsonl", "csv", "txt", "tar", "zip", "folder"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 Validator = Callable[[Any], str | None]
 # where a record's input is: alternatives, tried in order; each names one key (the value itself)
@@ -78,7 +81,16 @@ def check_format(
     in the file become error records.
     """
     _check_arguments(fmt, 1, max_line_bytes, chunk_size)
+    if fmt == "folder":
+        if not Path(path).is_dir():
+            raise FormatError(f"{path} is not a folder")
+        return
     with open(path, "rb") as handle:
+        if fmt in ARCHIVE_FORMATS:
+            problem = archive_problem(handle.read(512), fmt)
+            if problem is not None:
+                raise FormatError(problem)
+            return
         head, at_eof = _read_head(handle, chunk_size, max_line_bytes)
     _inspect_head(head, fmt, at_eof=at_eof, input_key=input_key, id_key=id_key, max_line_bytes=max_line_bytes)
 
@@ -101,6 +113,11 @@ def check_head(
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if fmt in ARCHIVE_FORMATS:
+        problem = archive_problem(head, fmt) if len(head) >= 512 or at_eof else None
+        if problem is not None:
+            raise FormatError(problem)
+        return
     _inspect_head(head, fmt, at_eof=at_eof, input_key=input_key, id_key=id_key, max_line_bytes=max_line_bytes)
 
 
@@ -264,7 +281,8 @@ def open_records(
     skip_lines: int = 0,
     validate: Validator | None = None,
     json_values: bool = False,
-) -> Iterator[RecordBatches]:
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> Iterator[RecordBatches | ArchiveBatches]:
     """Open ``path`` and yield its records as batches of at most ``batch_size``, in file order.
 
     - ``jsonl``: one JSON object per line; the input under ``input_key``, an optional id
@@ -284,12 +302,27 @@ def open_records(
     ``json_values`` parses each csv/txt input as JSON (e.g. ``[0.1, 0.2]`` for vector models).
     Records on lines ``<= skip_lines`` are skipped (resume).
 
+    - ``tar``, ``zip``, ``folder``: one record per member file, its bytes (at most
+      ``max_member_bytes``) under its name (:mod:`service.files.archives`).
+
     Raises :class:`FormatError` on entry, before any record, if the file is plainly not
     ``fmt`` (see :func:`check_format`). The file is closed when the ``with`` block exits,
     however it exits.
     """
     _check_arguments(fmt, batch_size, max_line_bytes, chunk_size)
+    if fmt == "folder":
+        yield ArchiveBatches(
+            Path(path), fmt, None, batch_size=batch_size, skip_lines=skip_lines, validate=validate,
+            max_member_bytes=max_member_bytes,
+        )  # fmt: skip
+        return
     with open(path, "rb") as handle:
+        if fmt in ARCHIVE_FORMATS:
+            yield ArchiveBatches(
+                Path(path), fmt, handle, batch_size=batch_size, skip_lines=skip_lines, validate=validate,
+                max_member_bytes=max_member_bytes,
+            )  # fmt: skip
+            return
         yield RecordBatches(
             handle,
             fmt,

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from service.core.rejection import InputRejected
+from service.files.archives import ArchiveBatches
 from service.files.readers import Record, RecordBatches
 
 # error records held behind outputs not yet computed; past it take() pauses until they are written
@@ -48,7 +49,9 @@ class RecordSource:
     count the lines written; ``bytes_read`` is how far the input has been read.
     """
 
-    def __init__(self, batches: RecordBatches, out: BinaryIO, max_held_errors: int = MAX_HELD_ERRORS) -> None:
+    def __init__(
+        self, batches: RecordBatches | ArchiveBatches, out: BinaryIO, max_held_errors: int = MAX_HELD_ERRORS
+    ) -> None:
         self._batches = batches
         self._records: Iterator[Record] = (record for batch in batches for record in batch)
         self._out = out

@@ -22,7 +22,7 @@ from typing import Any
 from service import metrics
 from service.core.messages import Answer, Failure, FileDone, FileJob, FileProgress
 from service.core.repository import ModelSpec
-from service.files.job import input_keys, input_validator, reads_json_values
+from service.files.job import input_keys, input_validator, member_limit, reads_json_values
 from service.files.readers import FormatError, open_records
 from service.files.results import RecordSource
 from service.worker.batcher import Cancelled
@@ -65,6 +65,7 @@ class FileJobSource:
                     max_line_bytes=max_line_bytes,
                     validate=input_validator(spec.inputs),
                     json_values=reads_json_values(spec.inputs, job.format),
+                    max_member_bytes=member_limit(spec.inputs),
                 )
             )
             self._out = opening.enter_context(open(job.target, "ab"))

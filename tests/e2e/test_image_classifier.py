@@ -61,23 +61,34 @@ IMAGES = pictures()
 
 
 @pytest.fixture(scope="module")
-def expected() -> list[list[dict[str, Any]]]:
+def logits() -> list[list[float]]:
     """transformers in-process: the folder's processor on each image as Pillow opens it (RGB;
-    alpha composited on white, as the service documents), its model, softmax over id2label."""
+    alpha composited on white, as the service documents), its model's logits."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     processor = AutoImageProcessor.from_pretrained(str(folder()), local_files_only=True)
     model = AutoModelForImageClassification.from_pretrained(str(folder()), local_files_only=True).eval()
-    answers = []
+    rows = []
     for data in IMAGES:
         image = Image.open(io.BytesIO(data))
         if image.mode == "RGBA":
             image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
         with torch.no_grad():
-            logits = model(**processor(images=image.convert("RGB"), return_tensors="pt")).logits[0]
-        scores = torch.softmax(logits, dim=0).tolist()
+            rows.append(
+                model(**processor(images=image.convert("RGB"), return_tensors="pt")).logits[0].tolist()
+            )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def expected(logits: list[list[float]]) -> list[list[dict[str, Any]]]:
+    """The labelled scores: softmax over id2label, best first."""
+    labels = ModelRepository().get("image_classifier").spec.outputs.labels
+    answers = []
+    for row in logits:
+        scores = torch.softmax(torch.tensor(row), dim=0).tolist()
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        answers.append([{"label": model.config.id2label[i], "score": scores[i]} for i in order])
+        answers.append([{"label": labels[i], "score": scores[i]} for i in order])
     return answers
 
 
@@ -255,3 +266,90 @@ def test_an_image_classifier_folder_made_elsewhere_serves_with_one_command(
         )
         assert reply.status_code == 200, reply.text
         assert_same(reply.json()["outputs"][0], expected[0])
+
+
+def archive_members() -> list[tuple[str, bytes]]:
+    """The images, a file that is not one, and a name that climbs out."""
+    named = [(f"set/{index}.img", data) for index, data in enumerate(IMAGES)]
+    return [*named[:3], ("set/readme.txt", b"not an image"), ("../up.png", IMAGES[0]), *named[3:]]
+
+
+def check_lines(lines: list[dict[str, Any]], logits: list[list[float]]) -> None:
+    members = archive_members()
+    assert [line["id"] for line in lines] == [name for name, _ in members]
+    assert [line["line"] for line in lines] == list(range(1, len(members) + 1))
+    images = [line for line in lines if "output" in line]
+    assert len(images) == len(IMAGES)
+    for line, want in zip(images, logits, strict=True):
+        assert max(abs(a - b) for a, b in zip(line["output"], want, strict=True)) <= 1e-4
+    errors = {line["id"]: line["error"] for line in lines if "error" in line}
+    assert "not an image" in errors["set/readme.txt"] and "climbs out" in errors["../up.png"]
+
+
+def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def zip_of(members: list[tuple[str, bytes]]) -> bytes:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def ndjson(text: str) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def test_predict_file_reads_tar_and_zip_archives_member_by_member(server: ServerProcess, logits: Any) -> None:
+    files = "/v1/models/image_classifier/predict-file"
+    tar = server.client.post(
+        files, content=tar_of(archive_members()), headers={"content-type": "application/x-tar"}
+    )
+    assert tar.status_code == 200, tar.text
+    check_lines(ndjson(tar.text), logits)
+    upload = {"file": ("images.zip", zip_of(archive_members()), "application/octet-stream")}
+    zipped = server.client.post(files, files=upload)
+    assert zipped.status_code == 200, zipped.text
+    check_lines(ndjson(zipped.text), logits)
+    text = server.client.post(files, content=b"hello", headers={"content-type": "application/x-tar"})
+    assert text.status_code == 400 and "not a tar archive" in text.json()["error"]
+
+
+def test_the_command_line_reads_a_folder(tmp_path: Path, logits: Any) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "pictures"
+    for name, data in archive_members():
+        if not name.startswith(".."):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "predict-file", "image_classifier", str(root), "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = ndjson(out.read_text())
+    assert [line["id"] for line in lines] == sorted(
+        name for name, _ in archive_members() if not name.startswith("..")
+    )
+    by_name = {line["id"]: line for line in lines}
+    for index, want in enumerate(logits):
+        got = by_name[f"set/{index}.img"]["output"]
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
+    assert "not an image" in by_name["set/readme.txt"]["error"]
