@@ -34,6 +34,7 @@ bench: install
 	$(PY) -m benchmarks.backends --model minilm
 	$(PY) -m benchmarks.backends --model reranker
 	$(PY) -m benchmarks.backends --model classifier
+	$(PY) -m benchmarks.images
 	$(PY) -m benchmarks.fairness
 
 bench-quick: install

@@ -23,7 +23,8 @@ _TEXT = (
 WORDS = tuple(_TEXT.split(" "))
 
 # what each model answers per input: a 384-float embedding, a 4-float regression
-OUTPUT_DIM = {"minilm": 384, "reference": 4, "reranker": 1, "classifier": 3}  # classifier: labelled scores
+# classifiers: labelled scores
+OUTPUT_DIM = {"minilm": 384, "reference": 4, "reranker": 1, "classifier": 3, "image_classifier": 10}
 VECTOR_DIM = 16  # floats per reference-model input
 WORKLOADS = ("short", "mixed")
 
@@ -72,6 +73,36 @@ def vectors(count: int = 256, seed: int = 0) -> list[list[float]]:
     return [[round(rng.uniform(-1.0, 1.0), 4) for _ in range(VECTOR_DIM)] for _ in range(count)]
 
 
+def images(count: int = 32, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[bytes]:
+    """``count`` photo-like JPEGs (quality 85): smooth gradients, a few shapes, mild noise; 20-35 KB
+    each at 640 x 480, as a photo scaled for the web."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    made = []
+    for _ in range(count):
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = [
+            rng.uniform(0, 255) + rng.uniform(-0.2, 0.2) * xs + rng.uniform(-0.2, 0.2) * ys for _ in range(3)
+        ]
+        pixels = np.stack(base, axis=-1) + rng.normal(0, 6, (height, width, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y = int(rng.uniform(0, width)), int(rng.uniform(0, height))
+            r = int(rng.uniform(10, height / 3))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85)
+        made.append(out.getvalue())
+    return made
+
+
 def model_inputs(model: str, count: int | None = None, workload: str = "short") -> list[Any]:
     """One input per element, of the kind ``model`` takes, for ``workload``: 256 by default,
     320 for ``mixed`` (10 batches of 32, exactly 32 paragraphs among them)."""
@@ -83,6 +114,8 @@ def model_inputs(model: str, count: int | None = None, workload: str = "short") 
         documents = mixed_texts(count or 320) if workload == "mixed" else sentences(count or 256, seed=1)
         queries = sentences(len(documents), words=6, seed=2)
         return [[query, document] for query, document in zip(queries, documents, strict=True)]
+    if model == "image_classifier":  # encoded images, sent as raw image/jpeg bodies
+        return list(images(count or 32))
     if model == "reference":
         if workload == "mixed":
             raise ValueError("the mixed workload is text: minilm only")

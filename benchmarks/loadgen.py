@@ -67,9 +67,13 @@ def build_requests(
         return [(head + "\r\n").encode()]
     requests = []
     for item in model_inputs(model, workload=workload):
-        body = request_body(api, model, item)
+        kind = "application/json"
+        if isinstance(item, bytes):  # an encoded image: the raw body
+            body, kind = item, "image/jpeg"
+        else:
+            body = request_body(api, model, item)
         requests.append(
-            (head + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            (head + f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         )
     return requests
 

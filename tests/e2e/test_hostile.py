@@ -4,6 +4,7 @@ and the server stays ready afterwards."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import itertools
 import json
@@ -887,9 +888,118 @@ KIND_CASES.append(
 )
 
 
+IMAGE = "/v1/models/image_classifier/predict"
+IMAGE_V2 = "/v2/models/image_classifier/infer"
+IMAGE_FILE = "/v1/models/image_classifier/predict-file"
+
+
+def _png(width: int, height: int) -> bytes:
+    from tests.e2e.test_image_classifier import png_chunks
+
+    return png_chunks(width, height)
+
+
+def _v2_pixels(shape: list[Any], datatype: str = "UINT8", data: Any = None) -> dict[str, Any]:
+    return {
+        "json": {"inputs": [{"name": "IMAGE", "shape": shape, "datatype": datatype, "data": data or [0]}]}
+    }
+
+
+def _binary_pixels(shape: list[int], size: int, actual: int) -> dict[str, Any]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "IMAGE",
+                    "shape": shape,
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+    return {
+        "content": header + b"\0" * actual,
+        "headers": {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    }
+
+
+KIND_CASES += [
+    ("image-bomb-raw", IMAGE, raw(_png(50_000, 50_000), "image/png"), 413, "error"),
+    (
+        "image-bomb-json",
+        IMAGE,
+        {"json": {"inputs": [base64.b64encode(_png(50_000, 50_000)).decode()]}},
+        422,
+        "error",
+    ),
+    ("image-zero-pixels", IMAGE, raw(_png(0, 7), "image/png"), 422, "error"),
+    ("image-wrong-magic", IMAGE, raw(b"GIF89a" + b"\xff" * 64, "image/gif"), 422, "error"),
+    ("image-pdf", IMAGE, raw(b"%PDF-1.7\n" + b"x" * 500, "image/png"), 422, "error"),
+    ("image-empty-raw", IMAGE, raw(b"", "image/png"), 400, "error"),
+    ("image-not-base64", IMAGE, {"json": {"inputs": ["**not base64**"]}}, 422, "error"),
+    ("image-data-url-not-base64", IMAGE, {"json": {"inputs": ["data:image/png,raw"]}}, 422, "error"),
+    ("image-number", IMAGE, {"json": {"inputs": [3]}}, 422, "error"),
+    ("image-bad-top-k", f"{IMAGE}?top_k=eleven", raw(_png(4, 4), "image/png"), 422, "error"),
+    ("image-unknown-parameter", f"{IMAGE}?colour=red", raw(_png(4, 4), "image/png"), 422, "error"),
+    (
+        "image-multipart-no-file",
+        IMAGE,
+        raw(
+            b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nvalue\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),
+        400,
+        "error",
+    ),
+    (
+        "image-multipart-malformed",
+        IMAGE,
+        raw(b"--b\r\nnot a part", "multipart/form-data; boundary=b"),
+        400,
+        "error",
+    ),
+    (
+        "image-multipart-too-many",
+        IMAGE,
+        {"files": [("f", (f"{i}.png", _png(2, 2), "image/png")) for i in range(70)]},
+        413,
+        "error",
+    ),
+    ("image-v2-fp32", IMAGE_V2, _v2_pixels([1, 2, 2, 3], "FP32", [0.0] * 12), 400, "error"),
+    ("image-v2-four-channels", IMAGE_V2, _v2_pixels([1, 2, 2, 4]), 400, "error"),
+    ("image-v2-negative", IMAGE_V2, _v2_pixels([1, -2, 2, 3]), 400, "error"),
+    ("image-v2-huge", IMAGE_V2, _v2_pixels([1, 100_000, 100_000, 3]), 413, "error"),
+    ("image-v2-too-few-values", IMAGE_V2, _v2_pixels([1, 2, 2, 3], data=[1, 2, 3]), 400, "error"),
+    ("image-v2-strings-as-pixels", IMAGE_V2, _v2_pixels([1, 1, 1, 3], data=["a", "b", "c"]), 400, "error"),
+    ("image-v2-binary-mismatch", IMAGE_V2, _binary_pixels([1, 2, 2, 3], 12, 11), 400, "error"),
+    ("image-v2-binary-short", IMAGE_V2, _binary_pixels([1, 2, 2, 3], 10, 10), 400, "error"),
+    (
+        "image-v2-bytes-not-image",
+        IMAGE_V2,
+        {"json": {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}]}},
+        400,
+        "error",
+    ),
+    ("image-archive-not-tar", IMAGE_FILE, raw(b"hello" * 200, "application/x-tar"), 400, "error"),
+    ("image-archive-not-zip", IMAGE_FILE, raw(b"hello" * 200, "application/zip"), 400, "error"),
+    (
+        "archive-to-a-text-model",
+        "/v1/models/classifier/predict-file",
+        raw(b"PK\x05\x06" + b"\0" * 18, "application/zip"),
+        415,
+        "error",
+    ),
+    ("image-to-a-text-model", "/v1/models/classifier/predict", raw(_png(4, 4), "image/png"), 415, "error"),
+]
+
+
 @pytest.fixture(scope="module")
 def kinds_server() -> Iterator[ServerProcess]:
-    with ServerProcess(serve=["reranker", "classifier"]) as process:
+    with ServerProcess(serve=["reranker", "classifier", "image_classifier"]) as process:
         yield process
 
 
@@ -909,3 +1019,7 @@ def test_the_pair_and_classifier_server_is_still_ready(kinds_server: ServerProce
     assert kinds_server.client.get("/health/ready").status_code == 200
     answer = kinds_server.post("/v1/models/reranker/predict", {"query": "q", "documents": ["d"]})
     assert answer.status_code == 200 and len(answer.json()["outputs"]) == 1
+    from tests.e2e.test_image_classifier import IMAGES
+
+    picture = kinds_server.client.post(IMAGE, content=IMAGES[0], headers={"content-type": "image/jpeg"})
+    assert picture.status_code == 200 and len(picture.json()["outputs"][0]) == 10
