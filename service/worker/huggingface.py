@@ -288,19 +288,22 @@ class ImageClassifier:
         from service.codecs.image import decode, image_bytes
         from service.core.rejection import InputRejected
 
-        images = []
+        # one image at a time: decoded, processed to the model's size, dropped before the next is
+        # decoded (16 decoded 1920 x 1080 photos at once grew a worker's RSS by 294 MB)
+        rows = []
         for index, value in enumerate(inputs):
             if isinstance(value, np.ndarray):  # v2 UINT8 [height, width, 3]: pixels already
-                images.append(Image.fromarray(value, "RGB"))
-                continue
-            try:
-                images.append(decode(image_bytes(value, self.max_bytes), self.max_pixels))
-            except CodecError as exc:
-                raise InputRejected(exc.message, index=index) from None
-            except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError...
-                raise InputRejected(f"the image cannot be decoded: {exc}", index=index) from None
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixels.to(self.device)}
+                image = Image.fromarray(value, "RGB")
+            else:
+                try:
+                    image = decode(image_bytes(value, self.max_bytes), self.max_pixels)
+                except CodecError as exc:
+                    raise InputRejected(exc.message, index=index) from None
+                except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError...
+                    raise InputRejected(f"the image cannot be decoded: {exc}", index=index) from None
+            rows.append(self.processor(images=image, return_tensors="pt")["pixel_values"])
+            del image
+        return {"pixel_values": torch.cat(rows).to(self.device)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits: torch.Tensor = self.module(**batch)[0]
