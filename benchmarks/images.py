@@ -121,11 +121,21 @@ class RssSampler:
             for process in [self.root, *self.root.children(recursive=True)]:
                 try:
                     rss = process.memory_info().rss
-                    self.names.setdefault(process.pid, " ".join(process.cmdline()[-3:])[-60:])
+                    self.names.setdefault(process.pid, f"{self._role(process)} (pid {process.pid})")
                 except psutil.Error:
                     continue
                 self.samples.setdefault(process.pid, []).append(rss)
             self._stop.wait(self.interval)
+
+    def _role(self, process: psutil.Process) -> str:
+        if process.pid == self.root.pid:
+            return "main"
+        line = " ".join(process.cmdline())
+        if "resource_tracker" in line:
+            return "resource tracker"
+        if "multiprocessing-fork" in line or "spawn_main" in line:
+            return "inference worker"
+        return "api server"  # forked from main: the same command line
 
     def __enter__(self) -> RssSampler:
         self._thread.start()

@@ -217,6 +217,8 @@ def tune_command(args: argparse.Namespace) -> int:
         raise ModelError(
             f"model {args.model!r} runs model.py on torch: only huggingface models have backends"
         )
+    if entry.spec.inputs.kind == "image":
+        raise ModelError(f"model {args.model!r} takes images: image models run on torch (nothing to tune)")
     names = tuple(BACKENDS if args.backends is None else (name.strip() for name in args.backends.split(",")))
     unknown = sorted(set(names) - set(BACKENDS))
     if unknown or "torch" not in names:
@@ -230,6 +232,8 @@ def backend_summary(spec: Any, cache_dir: Path) -> str:
     ``auto`` this machine's decision (lone/batch) with the gate's figures of what it chose."""
     if spec.runtime != "huggingface":
         return "torch (model.py)"
+    if spec.inputs.kind == "image":
+        return "torch (image models)"
     if spec.backend != "auto":
         return str(spec.backend)
     from service.worker.tuning import decision_path, stored_decision

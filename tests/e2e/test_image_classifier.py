@@ -353,3 +353,21 @@ def test_the_command_line_reads_a_folder(tmp_path: Path, logits: Any) -> None:
         got = by_name[f"set/{index}.img"]["output"]
         assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-4
     assert "not an image" in by_name["set/readme.txt"]["error"]
+
+
+def test_the_command_line_says_image_models_run_on_torch() -> None:
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "service", "models"], capture_output=True, text=True, timeout=120, check=True
+    )
+    (line,) = [line for line in listed.stdout.splitlines() if line.startswith("image_classifier ")]
+    assert "image-classification" in line and "torch (image models)" in line
+    tuned = subprocess.run(
+        [sys.executable, "-m", "service", "tune", "image_classifier"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tuned.returncode == 2 and "image models run on torch" in tuned.stderr
