@@ -496,6 +496,7 @@ class ModelRepository:
                 inputs=InputSpec(kind=HUGGINGFACE_TASKS[task], max_items=64 if image else 256),
                 outputs=folder_outputs(task, inferred, config),
                 max_batch_size=16 if image else 32,
+                workers=2 if image else 1,  # images: one worker decodes while the other computes
                 max_batch_tokens=None if image else 8192,  # an image costs 1: the processor fixes its size
                 batch_timeout=0.005,
             )
