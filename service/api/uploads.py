@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.api.errors import ApiError
-from service.files.readers import FORMATS, Format
+from service.files.readers import EXTENSIONS, FORMATS, Format
 
 CONTENT_TYPES: dict[str, Format] = {
     "application/x-ndjson": "jsonl",
@@ -32,15 +32,6 @@ CONTENT_TYPES: dict[str, Format] = {
     "application/x-gtar": "tar",
     "application/zip": "zip",
     "application/x-zip-compressed": "zip",
-}
-EXTENSIONS: dict[str, Format] = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".txt": "txt",
-    ".tar": "tar",
-    ".tgz": "tar",
-    ".zip": "zip",
 }
 JSON_TYPES = ("application/json",)
 # Content-Encoding -> zlib wbits: gzip's header, and HTTP's "deflate", which is the zlib format (RFC 9110)

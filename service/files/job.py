@@ -33,6 +33,7 @@ from service.files.archives import ARCHIVE_FORMATS, DEFAULT_MAX_MEMBER_BYTES
 from service.files.readers import (
     DEFAULT_INPUT_KEY,
     DEFAULT_MAX_LINE_BYTES,
+    EXTENSIONS,
     FORMATS,
     Format,
     FormatError,
@@ -60,15 +61,6 @@ __all__ = [
     "run_predict_file",
 ]
 
-EXTENSIONS: dict[str, Format] = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".txt": "txt",
-    ".tar": "tar",
-    ".tgz": "tar",
-    ".zip": "zip",
-}
 DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between plain progress lines when stderr is not a TTY
 _SCAN_CHUNK = 1 << 16
 

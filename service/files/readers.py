@@ -23,6 +23,16 @@ from service.files.archives import ARCHIVE_FORMATS, DEFAULT_MAX_MEMBER_BYTES, Ar
 
 Format = Literal["jsonl", "csv", "txt", "tar", "zip", "folder"]
 FORMATS: tuple[Format, ...] = get_args(Format)
+# a file's format from its name's extension (the command line; an upload's part)
+EXTENSIONS: dict[str, Format] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".txt": "txt",
+    ".tar": "tar",
+    ".tgz": "tar",
+    ".zip": "zip",
+}
 Validator = Callable[[Any], str | None]
 # where a record's input is: alternatives, tried in order; each names one key (the value itself)
 # or several (the value is the list of theirs, e.g. ("query", "document") for a pair)
