@@ -1,6 +1,7 @@
 """Images as they arrive without JSON, on an image model's native predict route: a raw ``image/*``
 body (``curl -T cat.jpg`` / ``--data-binary @cat.jpg -H 'content-type: image/jpeg'``) is one
-input; a ``multipart/form-data`` body's file parts are the inputs, in order. ``parameters`` come
+input; a ``multipart/form-data`` body's file parts are the inputs, in order. Both are read whole
+within ``max_body_bytes`` (the JSON bodies' limit) before anything else. ``parameters`` come
 from the query string (``?top_k=3``). Each image is checked as a JSON one is
 (:func:`service.codecs.image.checked`): bytes, format and pixels from the header, before a worker
 sees it.
@@ -8,9 +9,11 @@ sees it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
 from service.api.errors import ApiError, describe_validation
@@ -45,22 +48,28 @@ async def uploaded_images(
         if not body:
             raise ApiError(400, "the request body is empty; send the image's bytes")
         return [_checked(spec, body, "the body")]
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise ApiError(
-            413, f"request body of {declared} bytes exceeds the limit of {settings.max_body_bytes} bytes"
-        )
-    limit = spec.inputs.max_items
+    # the whole body first, within the body limit (413 as soon as it is crossed, chunked or not),
+    # then its parts: nothing unbounded is spooled
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    limit, largest = spec.inputs.max_items, limits(spec.inputs)[0]
     images: list[bytes] = []
     try:
-        async with request.form(
-            max_files=limit, max_fields=limit, max_part_size=limits(spec.inputs)[0]
-        ) as form:
+        parser = MultiPartParser(
+            request.headers, replay(), max_files=limit, max_fields=limit, max_part_size=largest
+        )
+        form = await parser.parse()
+        try:
             for field, value in form.multi_items():
                 if isinstance(value, str):
                     continue
-                data = await value.read(limits(spec.inputs)[0] + 1)
+                data = await value.read(largest + 1)
                 images.append(_checked(spec, data, f"file part {field!r} ({value.filename or 'no name'})"))
+        finally:
+            await form.close()  # its spooled parts
     except ApiError:
         raise
     except Exception as exc:  # python-multipart / starlette: malformed, too many parts

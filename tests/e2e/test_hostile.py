@@ -899,6 +899,12 @@ def _png(width: int, height: int) -> bytes:
     return png_chunks(width, height)
 
 
+def _multipart(size: int) -> bytes:
+    """One file part of ``size`` bytes, past the 8 MiB body limit when large."""
+    head = b'--b\r\nContent-Disposition: form-data; name="f"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+    return head + b"\0" * size + b"\r\n--b--\r\n"
+
+
 def _v2_pixels(shape: list[Any], datatype: str = "UINT8", data: Any = None) -> dict[str, Any]:
     return {
         "json": {"inputs": [{"name": "IMAGE", "shape": shape, "datatype": datatype, "data": data or [0]}]}
@@ -953,6 +959,23 @@ KIND_CASES += [
             "multipart/form-data; boundary=b",
         ),
         400,
+        "error",
+    ),
+    (
+        "image-multipart-too-large",
+        IMAGE,
+        raw(_multipart(9 << 20), "multipart/form-data; boundary=b"),
+        413,
+        "error",
+    ),
+    (
+        "image-multipart-chunked-too-large",
+        IMAGE,
+        {
+            "content": iter([_multipart(9 << 20)]),
+            "headers": {"content-type": "multipart/form-data; boundary=b"},
+        },
+        413,
         "error",
     ),
     (
