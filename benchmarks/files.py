@@ -110,7 +110,9 @@ class RssSampler:
 
 
 @contextlib.contextmanager
-def predict_file_upload(url: str, model: str, path: Path) -> Iterator[httpx.Response]:
+def predict_file_upload(
+    url: str, model: str, path: Path, content_type: str = "application/x-ndjson"
+) -> Iterator[httpx.Response]:
     """``POST {url}/v1/models/{model}/predict-file`` with ``path`` streamed up in 1 MiB chunks:
     the NDJSON answer, streaming, for the duration of the block."""
     with (
@@ -120,7 +122,7 @@ def predict_file_upload(url: str, model: str, path: Path) -> Iterator[httpx.Resp
             "POST",
             f"{url}/v1/models/{model}/predict-file",
             content=iter(lambda: source.read(1 << 20), b""),
-            headers={"content-type": "application/x-ndjson"},
+            headers={"content-type": content_type},
         ) as response,
     ):
         yield response

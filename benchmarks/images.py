@@ -11,7 +11,7 @@
    Target: ≥ 0.85 of the limit.
 3. A tar of ``--archive-mb`` MB of 1920 x 1080 JPEGs through ``predict-file`` (streamed up from
    disk, NDJSON read as it comes): every line checked, and the RSS of every process of the
-   service sampled every 0.2 s. Target: no process grows by more than 100 MB.
+   service sampled every 0.1 s (benchmarks.files.RssSampler). Target: no process grows by more than 100 MB.
 
 Writes ``images.json`` and ``images.md``.
 """
@@ -25,15 +25,15 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
+from benchmarks.files import RssSampler, predict_file_upload
 from benchmarks.inputs import images
+from benchmarks.processes import role
 from tests.support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,81 +105,24 @@ def make_archive(path: Path, megabytes: int) -> int:
     return count
 
 
-class RssSampler:
-    """The RSS of every process of the server's tree, every ``interval`` seconds, in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.samples: dict[int, list[int]] = {}
-        self.names: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for process in [self.root, *self.root.children(recursive=True)]:
-                try:
-                    rss = process.memory_info().rss
-                    self.names.setdefault(process.pid, f"{self._role(process)} (pid {process.pid})")
-                except psutil.Error:
-                    continue
-                self.samples.setdefault(process.pid, []).append(rss)
-            self._stop.wait(self.interval)
-
-    def _role(self, process: psutil.Process) -> str:
-        if process.pid == self.root.pid:
-            return "main"
-        line = " ".join(process.cmdline())
-        if "resource_tracker" in line:
-            return "resource tracker"
-        if "multiprocessing-fork" in line or "spawn_main" in line:
-            return "inference worker"
-        return "api server"  # forked from main: the same command line
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def archive_run(server: ServerProcess, path: Path, members: int) -> dict[str, Any]:
-    url = f"{server.url}/v1/models/image_classifier/predict-file"
-
-    def body() -> Any:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
-
-    assert server.process is not None
-    with RssSampler(server.process.pid) as sampler:
-        time.sleep(1.0)  # a baseline before the upload
-        baseline = {pid: values[-1] for pid, values in sampler.samples.items()}
-        started = time.perf_counter()
-        lines, errors = 0, 0
-        with (
-            httpx.Client(timeout=600) as client,
-            client.stream(
-                "POST", url, content=body(), headers={"content-type": "application/x-tar"}
-            ) as response,
-        ):
-            response.raise_for_status()
-            for line in response.iter_lines():
-                if not line:
-                    continue
-                record = json.loads(line)
-                lines += 1
-                if "output" not in record or len(record["output"]) != 10:
-                    errors += 1
-        elapsed = time.perf_counter() - started
-    growth = {
-        sampler.names.get(pid, str(pid)): (max(values) - baseline.get(pid, values[0])) / 1e6
-        for pid, values in sampler.samples.items()
-        if pid in baseline
-    }
+    pids = server.pids()
+    roles = {pid: f"{role(psutil.Process(pid), server.pid, server.port)} (pid {pid})" for pid in pids}
+    started = time.perf_counter()
+    lines, errors = 0, 0
+    with (
+        RssSampler(pids) as sampler,
+        predict_file_upload(server.url, "image_classifier", path, "application/x-tar") as response,
+    ):
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line:
+                continue
+            record = json.loads(line)
+            lines += 1
+            if "output" not in record or len(record["output"]) != 10:
+                errors += 1
+    elapsed = time.perf_counter() - started
     return {
         "megabytes": path.stat().st_size / 1e6,
         "members": members,
@@ -187,7 +130,7 @@ def archive_run(server: ServerProcess, path: Path, members: int) -> dict[str, An
         "errors": errors,
         "seconds": elapsed,
         "images_per_s": lines / elapsed,
-        "rss_growth_mb": growth,
+        "rss_growth_mb": {roles[pid]: (sampler.peak[pid] - sampler.baseline[pid]) / 1e6 for pid in pids},
     }
 
 
