@@ -26,7 +26,7 @@ from service.api.errors import ApiError, describe_validation, error_responses, j
 from service.api.images import query_parameters, takes_upload, uploaded_images
 from service.api.openai_schema import model_entry, model_list
 from service.api.state import ModelRoute, ServiceState, service_state
-from service.api.uploads import read_json
+from service.api.uploads import media_type, read_json
 from service.codecs import FLOAT32_MAX
 from service.core.repository import ModelSpec
 
@@ -96,7 +96,7 @@ async def predict(request: Request, name: str) -> Response:
         state.dispatcher.precheck(route)
         settings = state.settings
         deadline = deadline_for(request.headers, settings, arrived)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = media_type(request)
         if takes_upload(route.spec, content_type):  # an image model's raw or multipart body
             parameters = query_parameters(request, route.spec)
             inputs: list[Any] = list(await uploaded_images(request, route.spec, settings, content_type))

@@ -94,9 +94,14 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
     return decoded
 
 
+def media_type(request: Request) -> str:
+    """The request's content type without its parameters, lower case ("" when none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def read_json(request: Request, limit: int, idle_timeout: float) -> Any:
     """The body parsed as JSON: 415 for another content type, 413 past ``limit`` bytes, 400 if malformed."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = media_type(request)
     if content_type not in JSON_TYPES:
         shown = content_type or "none"
         raise ApiError(415, f"content type must be application/json, got {shown}")

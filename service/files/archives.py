@@ -44,6 +44,18 @@ def archive_problem(head: bytes, fmt: str) -> str | None:
     return None
 
 
+def file_problem(handle: BinaryIO, fmt: str) -> str | None:
+    """Why an open file is not a ``fmt`` archive (None: it is, as far as its head and, for a zip,
+    its central directory say); the file is left at its start."""
+    head = handle.read(512)
+    handle.seek(0)
+    problem = archive_problem(head, fmt)
+    if problem is None and fmt == "zip" and not zipfile.is_zipfile(handle):
+        problem = "the file is not a zip archive (no central directory)"
+    handle.seek(0)
+    return problem
+
+
 def unsafe_name(name: str) -> str | None:
     """Why a member's name is refused (absolute, or climbing out of the archive)."""
     path = PurePosixPath(name.replace("\\", "/"))
@@ -83,12 +95,7 @@ class ArchiveBatches:
         if handle is not None:  # a file that is not the archive it claims fails now, before any record
             from service.files.readers import FormatError
 
-            head = handle.read(512)
-            handle.seek(0)
-            problem = archive_problem(head, fmt)
-            if problem is None and fmt == "zip" and not zipfile.is_zipfile(handle):
-                problem = "the file is not a zip archive (no central directory)"
-            handle.seek(0)
+            problem = file_problem(handle, fmt)
             if problem is not None:
                 raise FormatError(problem)
 

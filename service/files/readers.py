@@ -19,7 +19,13 @@ from typing import Any, BinaryIO, Literal, get_args
 
 import orjson
 
-from service.files.archives import ARCHIVE_FORMATS, DEFAULT_MAX_MEMBER_BYTES, ArchiveBatches, archive_problem
+from service.files.archives import (
+    ARCHIVE_FORMATS,
+    DEFAULT_MAX_MEMBER_BYTES,
+    ArchiveBatches,
+    archive_problem,
+    file_problem,
+)
 
 Format = Literal["jsonl", "csv", "txt", "tar", "zip", "folder"]
 FORMATS: tuple[Format, ...] = get_args(Format)
@@ -97,7 +103,7 @@ def check_format(
         return
     with open(path, "rb") as handle:
         if fmt in ARCHIVE_FORMATS:
-            problem = archive_problem(handle.read(512), fmt)
+            problem = file_problem(handle, fmt)
             if problem is not None:
                 raise FormatError(problem)
             return

@@ -48,6 +48,12 @@ def pool(mode: str, token_embeddings: torch.Tensor, attention_mask: torch.Tensor
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def rows_of(output: torch.Tensor) -> list[list[float]]:
+    """A forward's output as plain fp32 rows, one per input (what a worker answers)."""
+    rows: list[list[float]] = output.detach().float().cpu().tolist()
+    return rows
+
+
 class TokenizedModel:
     """What the folder models share: the folder's own tokenizer (truncated at ``max_length``), the
     module, and token counts as the batcher's costs. A subclass says how inputs are tokenized
@@ -97,8 +103,7 @@ class TokenizedModel:
         return {key: value.to(self.device) for key, value in encoded.items()}
 
     def postprocess(self, output: torch.Tensor) -> list[list[float]]:
-        rows: list[list[float]] = output.detach().float().cpu().tolist()
-        return rows
+        return rows_of(output)
 
 
 class SentenceEmbedder(TokenizedModel):
@@ -310,8 +315,7 @@ class ImageClassifier:
         return logits
 
     def postprocess(self, output: torch.Tensor) -> list[list[float]]:
-        rows: list[list[float]] = output.detach().float().cpu().tolist()
-        return rows
+        return rows_of(output)
 
 
 def load_image_classifier(spec: ModelSpec, folder: Path, device: str) -> ImageClassifier:

@@ -115,3 +115,13 @@ def test_a_file_that_is_not_the_archive_it_claims_is_refused_first(tmp_path: Pat
             check_head(text.read_bytes(), fmt, at_eof=True)  # type: ignore[arg-type]
     with pytest.raises(FormatError, match="not a folder"):
         check_format(text, "folder")
+
+
+def test_a_zip_without_its_central_directory_is_refused_before_any_record(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w") as archive:
+        archive.writestr("a.png", b"x" * 100)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole.read_bytes()[:60])  # the first member's header and some data: no directory
+    with pytest.raises(FormatError, match="no central directory"):
+        check_format(cut, "zip")
