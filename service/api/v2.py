@@ -34,7 +34,9 @@ from service.api.v2_tensors import (
     HEADER_LENGTH,
     TensorError,
     encode_infer_response,
+    input_names,
     model_metadata,
+    output_names,
     parse_infer_request,
     server_metadata,
 )
@@ -128,7 +130,10 @@ async def _infer(request: Request, name: str, version: str | None, endpoint: str
         except TensorError as exc:
             raise ApiError(exc.status, exc.message) from None
         result = await state.dispatcher.predict(route, request, parsed.inputs, deadline)
-        content, headers = encode_infer_response(route.spec, parsed, result.outputs)
+        try:
+            content, headers = encode_infer_response(route.spec, parsed, result.outputs)
+        except TensorError as exc:
+            raise ApiError(exc.status, exc.message) from None
         code = 200
         media_type = headers.pop("Content-Type")
         return Response(content, media_type=media_type, headers=headers)
@@ -203,19 +208,28 @@ def infer_request_schema(spec: ModelSpec) -> dict[str, Any]:
     """The ``/infer`` JSON body for one model: its input tensor's name, the datatypes it takes and
     the rank of its shape (the element count must match the shape: that JSON Schema cannot say)."""
     codec = spec.inputs.codec
-    rank = len(codec.v2_metadata(spec.inputs)["shape"])
+    tensors = spec.inputs.tensors
+    datatypes: list[str]
+    if tensors:  # a tensors model: each of its named tensors, in its own datatype
+        ranks = [len(tensor.shape) for tensor in tensors]
+        rank, most = min(ranks), max(ranks)
+        datatypes = sorted({tensor.datatype for tensor in tensors})
+    else:
+        rank = most = len(codec.v2_metadata(spec.inputs)["shape"])
+        most = max(most, 2)
+        datatypes = list(codec.v2_datatypes())
     dimension = {"type": "integer", "minimum": 0}
     tensor = {
         "type": "object",
         "required": ["name", "datatype", "shape"],
         "properties": {
-            "name": {"type": "string", "enum": [spec.tensors.input]},
-            "datatype": {"type": "string", "enum": list(codec.v2_datatypes())},
+            "name": {"type": "string", "enum": input_names(spec)},
+            "datatype": {"type": "string", "enum": datatypes},
             "shape": {
                 "type": "array",
                 "items": dimension,
                 "minItems": rank,
-                "maxItems": 2,
+                "maxItems": most,
             },
             "data": {"type": "array", "description": "flat or nested, row-major; UTF-8 strings for BYTES"},
             "parameters": _nullable(_OBJECT),
@@ -225,7 +239,7 @@ def infer_request_schema(spec: ModelSpec) -> dict[str, Any]:
         "type": "object",
         "required": ["name"],
         "properties": {
-            "name": {"type": "string", "enum": [spec.tensors.output]},
+            "name": {"type": "string", "enum": output_names(spec)},
             "parameters": _nullable(_OBJECT),
         },
     }
@@ -236,8 +250,8 @@ def infer_request_schema(spec: ModelSpec) -> dict[str, Any]:
         "properties": {
             "id": _nullable({"type": "string"}),
             "parameters": _nullable(_OBJECT),
-            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor},
-            "outputs": _nullable({"type": "array", "maxItems": 1, "items": output}),
+            "inputs": {"type": "array", "minItems": 1, "maxItems": len(input_names(spec)), "items": tensor},
+            "outputs": _nullable({"type": "array", "maxItems": len(output_names(spec)), "items": output}),
         },
     }
 

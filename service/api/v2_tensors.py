@@ -35,12 +35,14 @@ import numpy as np
 import orjson
 
 from service.codecs import CodecError
+from service.codecs.tensors import TensorSpec, from_elements, shape_error, split_rows, to_json
 from service.core.repository import ModelSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 CLASSIFICATION_EXTENSION = "classification"
 PLATFORM = "pytorch"
+PLATFORMS = {"onnx": "onnxruntime_onnx"}  # Triton's name for what runs a model, where not torch
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _EXACT_INT_LIMIT = 1 << 24  # every integer of at most this magnitude is exactly a float32
@@ -126,14 +128,16 @@ def parse_infer_request(spec: ModelSpec, body: bytes, header_length: str | None)
 
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise TensorError(400, f"'inputs' must be a list holding the one input tensor {spec.tensors.input!r}")
-    if len(raw_inputs) != 1:
+        raise TensorError(400, f"'inputs' must be a list holding the input tensors {input_names(spec)}")
+    if len(raw_inputs) != 1 and spec.inputs.kind != "tensors":
         raise TensorError(
             400, f"the model takes one input tensor ({spec.tensors.input!r}), got {len(raw_inputs)}"
         )
     binary = body[json_end:]
-    tensor = raw_inputs[0]
-    values = _input_values(spec, tensor, binary, has_header=header_length is not None)
+    if spec.inputs.kind == "tensors":
+        values = _named_tensors(spec, raw_inputs, binary, has_header=header_length is not None)
+    else:
+        values = _input_values(spec, raw_inputs[0], binary, has_header=header_length is not None)
     return InferRequest(
         id=request_id,
         inputs=values,
@@ -182,10 +186,9 @@ def _requested_outputs(spec: ModelSpec, raw: Any) -> tuple[RequestedOutput, ...]
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise TensorError(400, f"outputs[{index}] must be an object with a 'name'")
         name = entry["name"]
-        if name != spec.tensors.output:
+        if name not in output_names(spec):
             raise TensorError(
-                400,
-                f"unknown output {name[:64]!r}: model {spec.name!r} has one output, {spec.tensors.output!r}",
+                400, f"unknown output {name[:64]!r}: model {spec.name!r} has outputs {output_names(spec)}"
             )
         if any(output.name == name for output in seen):
             raise TensorError(400, f"output {name!r} is requested twice")
@@ -199,8 +202,58 @@ def _requested_outputs(spec: ModelSpec, raw: Any) -> tuple[RequestedOutput, ...]
                 400,
                 f"outputs[{index}].parameters.classification must be a positive integer, got {count!r:.40}",
             )
+        if count is not None and spec.outputs.kind == "tensors":
+            tensor = next(t for t in spec.outputs.tensors if t.name == name)
+            if len(tensor.shape) != 2 or tensor.datatype == "BOOL":
+                raise TensorError(
+                    400,
+                    f"output {name!r} is {tensor.describe()}: the classification extension needs numbers [N, C]",
+                )
         seen.append(RequestedOutput(name, binary, count))
     return tuple(seen)
+
+
+def _payload(
+    tensor: dict[str, Any], name: str, binary: bytes, offset: int, has_header: bool
+) -> tuple[Any, bytes, int]:
+    """A tensor's JSON ``data`` (None when binary), its binary bytes from ``offset`` on, and the
+    offset past them (binary inputs follow the JSON in input order)."""
+    parameters = _object(tensor.get("parameters"), f"input {name!r} parameters")
+    if "shared_memory_region" in parameters:
+        raise TensorError(400, f"input {name!r}: shared memory is not supported; send the data")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            raise TensorError(400, f"input {name!r} has neither 'data' nor 'binary_data_size'")
+        return tensor["data"], b"", offset
+    if "data" in tensor:
+        raise TensorError(400, f"input {name!r} has both 'data' and 'binary_data_size'")
+    if not has_header:
+        raise TensorError(400, f"input {name!r} has 'binary_data_size' but there is no {HEADER_LENGTH}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise TensorError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
+    if size > len(binary) - offset:
+        raise TensorError(
+            400,
+            f"input {name!r}: binary_data_size is {size} but {len(binary) - offset} bytes follow the "
+            f"inference header",
+        )
+    return None, binary[offset : offset + size], offset + size
+
+
+def _no_more_binary(binary: bytes, offset: int) -> None:
+    if offset != len(binary):
+        raise TensorError(
+            400,
+            f"{len(binary) - offset} bytes follow the inference header that no input's binary_data_size accounts for",
+        )
+
+
+def _datatype(tensor: dict[str, Any], name: str) -> str:
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in _KNOWN:
+        raise TensorError(400, f"input {name!r}: unknown datatype {str(datatype)[:16]!r}")
+    return datatype
 
 
 def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool) -> list[Any]:
@@ -211,43 +264,104 @@ def _input_values(spec: ModelSpec, tensor: Any, binary: bytes, has_header: bool)
     if name != declared:
         shown = repr(name[:64]) if isinstance(name, str) else "no name"
         raise TensorError(400, f"unknown input {shown}: model {spec.name!r} takes one input, {declared!r}")
-    datatype = tensor.get("datatype")
-    if not isinstance(datatype, str) or datatype not in _KNOWN:
-        raise TensorError(400, f"input {declared!r}: unknown datatype {str(datatype)[:16]!r}")
+    datatype = _datatype(tensor, declared)
     count, rows = _check_shape(spec, tensor.get("shape"))
     shape = tuple(tensor["shape"])
-    parameters = _object(tensor.get("parameters"), "inputs[0].parameters")
-    if "shared_memory_region" in parameters:
-        raise TensorError(400, f"input {declared!r}: shared memory is not supported; send the data")
-    size = parameters.get("binary_data_size")
-    has_data = "data" in tensor
-    if size is not None:
-        if has_data:
-            raise TensorError(400, f"input {declared!r} has both 'data' and 'binary_data_size'")
-        if not has_header:
-            raise TensorError(
-                400, f"input {declared!r} has 'binary_data_size' but there is no {HEADER_LENGTH}"
-            )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise TensorError(400, f"input {declared!r}: binary_data_size must be a non-negative integer")
-        if size != len(binary):
-            raise TensorError(
-                400,
-                f"input {declared!r}: binary_data_size is {size} but {len(binary)} bytes follow the "
-                f"inference header",
-            )
-    else:
-        if binary:
-            raise TensorError(
-                400, f"{len(binary)} bytes follow the inference header but no input has binary_data_size"
-            )
-        if not has_data:
-            raise TensorError(400, f"input {declared!r} has neither 'data' nor 'binary_data_size'")
-    elements = _Elements(None if size is not None else tensor["data"], binary, count, datatype, shape)
+    data, payload, offset = _payload(tensor, declared, binary, 0, has_header)
+    _no_more_binary(binary, offset)
+    elements = _Elements(data, payload, count, datatype, shape)
     try:
         return spec.inputs.codec.v2_values(spec.inputs, declared, datatype, rows, elements)
     except CodecError as exc:
         raise TensorError(413 if exc.too_large else 400, exc.message) from None
+
+
+def _named_tensors(spec: ModelSpec, raw_inputs: list[Any], binary: bytes, has_header: bool) -> list[Any]:
+    """A ``tensors`` model's inputs: one tensor per declared name, each ``[N, ...]`` in its
+    declared datatype, as ``N`` inputs of one row per name (service.codecs.tensors)."""
+    declared = {tensor.name: tensor for tensor in spec.inputs.tensors}
+    names = list(declared)
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    offset = 0
+    for index, tensor in enumerate(raw_inputs):
+        if not isinstance(tensor, dict):
+            raise TensorError(400, f"inputs[{index}] must be a JSON object")
+        name = tensor.get("name")
+        if not isinstance(name, str) or name not in declared:
+            shown = repr(name[:64]) if isinstance(name, str) else "no name"
+            raise TensorError(400, f"unknown input {shown}: model {spec.name!r} takes {names}")
+        if name in arrays:
+            raise TensorError(400, f"input {name!r} is sent twice")
+        wanted = declared[name]
+        datatype = _datatype(tensor, name)
+        if datatype != wanted.datatype:
+            raise TensorError(400, f"input {name!r} must be {wanted.datatype}, got {datatype}")
+        shape = _tensor_shape(spec, wanted, tensor.get("shape"))
+        data, payload, offset = _payload(tensor, name, binary, offset, has_header)
+        arrays[name] = _typed_array(wanted, data, payload, shape)
+    _no_more_binary(binary, offset)
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise TensorError(400, f"input {missing[0]!r} is missing: model {spec.name!r} takes {names}")
+    batches = {name: array.shape[0] for name, array in arrays.items()}
+    if len(set(batches.values())) != 1:
+        raise TensorError(400, f"the inputs' first (batch) dimensions differ: {batches}")
+    return split_rows(arrays, next(iter(batches.values())))
+
+
+def _tensor_shape(spec: ModelSpec, wanted: TensorSpec, shape: Any) -> tuple[int, ...]:
+    limits = spec.inputs
+    if isinstance(shape, list) and any(isinstance(d, float) and abs(d) >= 2**63 for d in shape):
+        raise TensorError(413, "shape has a dimension past 2**63, far past the model's limits")
+    if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
+        raise TensorError(400, f"input {wanted.name!r}: 'shape' must be a list of integers")
+    if any(d < 0 for d in shape):
+        raise TensorError(400, f"input {wanted.name!r}: shape {shape[:4]} has a negative dimension")
+    mismatch = shape_error(wanted, shape, limits.max_elements, batch=True) if shape else None
+    if not shape:
+        mismatch = CodecError(f"input {wanted.name!r}: shape [] has no batch dimension")
+    if mismatch is not None:
+        raise TensorError(413 if mismatch.too_large else 400, mismatch.message)
+    items = shape[0]
+    if items > limits.max_items:
+        raise TensorError(
+            413,
+            f"input {wanted.name!r}: {items} inputs in one request; the model takes at most {limits.max_items}",
+        )
+    if items < limits.min_items:
+        raise TensorError(
+            400,
+            f"input {wanted.name!r}: {items} inputs in one request; the model needs at least {limits.min_items}",
+        )
+    return tuple(shape)
+
+
+def _typed_array(
+    wanted: TensorSpec, data: Any, payload: bytes, shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """A tensor's elements as an array of exactly its declared datatype and ``shape``."""
+    count = math.prod(shape)
+    if data is None:
+        width = wanted.dtype.itemsize
+        if len(payload) != count * width:
+            raise TensorError(
+                400,
+                f"input {wanted.name!r}: {wanted.datatype} of shape {list(shape)} needs {count * width} bytes, "
+                f"got {len(payload)}",
+            )
+        array = np.frombuffer(payload, dtype=wanted.dtype).reshape(shape)
+        if wanted.datatype == "BOOL" and array.view(np.uint8).max(initial=0) > 1:
+            raise TensorError(400, f"input {wanted.name!r}: BOOL bytes must be 0 or 1")
+        if (
+            wanted.datatype in ("FP32", "FP16", "BF16", "FP64")
+            and not np.isfinite(array.astype(np.float64)).all()
+        ):
+            raise TensorError(400, f"input {wanted.name!r}: elements must be finite numbers")
+        return array
+    try:
+        return from_elements(wanted, _flatten(data, count), shape)
+    except CodecError as exc:
+        raise TensorError(400, exc.message) from None
 
 
 @dataclass(frozen=True)
@@ -431,39 +545,82 @@ def _kind(value: Any) -> str:
     )
 
 
+def input_names(spec: ModelSpec) -> list[str]:
+    """The model's input tensors' names, in declaration order."""
+    if spec.inputs.kind == "tensors":
+        return [tensor.name for tensor in spec.inputs.tensors]
+    return [spec.tensors.input]
+
+
+def output_names(spec: ModelSpec) -> list[str]:
+    """The model's output tensors' names, in declaration order."""
+    if spec.outputs.kind == "tensors":
+        return [tensor.name for tensor in spec.outputs.tensors]
+    return [spec.tensors.output]
+
+
+def _output_arrays(spec: ModelSpec, outputs: Any, rows: int) -> dict[str, tuple[str, np.ndarray[Any, Any]]]:
+    """Each output tensor by name: its datatype and its whole array, batch first."""
+    if spec.outputs.kind != "tensors":
+        array = np.ascontiguousarray(outputs, dtype="<f4")
+        if array.ndim != 2:
+            array = array.reshape(rows, -1)
+        return {spec.tensors.output: ("FP32", array)}
+    arrays: dict[str, tuple[str, np.ndarray[Any, Any]]] = {}
+    for tensor in spec.outputs.tensors:
+        parts = [np.asarray(row[tensor.name]) for row in outputs]
+        if len({part.shape for part in parts}) > 1:
+            raise RuntimeError(f"output {tensor.name!r}: the inputs' rows differ in shape; send them apart")
+        arrays[tensor.name] = (tensor.datatype, np.ascontiguousarray(np.stack(parts), dtype=tensor.dtype))
+    return arrays
+
+
 def encode_infer_response(
-    spec: ModelSpec, request: InferRequest, outputs: Sequence[Sequence[float]] | np.ndarray[Any, Any]
+    spec: ModelSpec, request: InferRequest, outputs: Any
 ) -> tuple[bytes, dict[str, str]]:
-    """The ``/infer`` answer for ``outputs`` (one row of floats per input): the body and the headers to
-    send with it (``Content-Type``, and ``Inference-Header-Content-Length`` when binary)."""
-    array = np.ascontiguousarray(outputs, dtype="<f4")
-    if array.ndim != 2:
-        array = array.reshape(len(request.inputs), -1)
-    name = spec.tensors.output
-    count = request.classification(name)
-    tensor: dict[str, Any]
-    data: Any
-    if count is None:
-        tensor = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
-        payload, data = array.tobytes(), array.reshape(-1)
-    else:
-        classes = classify(array, count, spec.outputs.labels)
-        tensor = {"name": name, "datatype": "BYTES", "shape": [array.shape[0], min(count, array.shape[1])]}
-        payload, data = _bytes_payload(classes), classes
-    binary = request.binary_output(name)
-    if binary:
-        tensor["parameters"] = {"binary_data_size": len(payload)}
-    else:
-        tensor["data"] = data
+    """The ``/infer`` answer for ``outputs`` (one row of floats per input; a dict of tensors per
+    input for a ``tensors`` model): the body and the headers to send with it (``Content-Type``,
+    and ``Inference-Header-Content-Length`` when any output is binary). Every output is answered
+    unless the request names some: then those, in its order."""
+    arrays = _output_arrays(spec, outputs, len(request.inputs))
+    names = [output.name for output in request.outputs] or list(arrays)
+    tensors: list[dict[str, Any]] = []
+    payloads: list[bytes] = []
+    for name in names:
+        datatype, array = arrays[name]
+        count = request.classification(name)
+        tensor: dict[str, Any]
+        data: Any
+        if count is None:
+            tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+            payload, data = array.tobytes(), to_json(array.reshape(-1))
+        elif array.ndim != 2 or datatype == "BOOL":
+            raise TensorError(
+                400, f"output {name!r}: the classification extension needs numbers of shape [N, C]"
+            )
+        else:
+            classes = classify(array.astype(np.float64), count, spec.outputs.labels)
+            tensor = {
+                "name": name,
+                "datatype": "BYTES",
+                "shape": [array.shape[0], min(count, array.shape[1])],
+            }
+            payload, data = _bytes_payload(classes), classes
+        if request.binary_output(name):
+            tensor["parameters"] = {"binary_data_size": len(payload)}
+            payloads.append(payload)
+        else:
+            tensor["data"] = data
+        tensors.append(tensor)
     document: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version}
     if request.id is not None:
         document["id"] = request.id
-    document["outputs"] = [tensor]
+    document["outputs"] = tensors
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not binary:
+    if not payloads:
         return header, {"Content-Type": "application/json"}
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
-    return header + payload, headers
+    return header + b"".join(payloads), headers
 
 
 def classify(array: np.ndarray[Any, Any], count: int, labels: Sequence[str]) -> list[str]:
@@ -496,12 +653,23 @@ def server_metadata(name: str, version: str) -> dict[str, Any]:
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:
     """The ``GET /v2/models/{name}`` document; -1 marks a size that varies (or is not declared)."""
-    inputs = {"name": spec.tensors.input, **spec.inputs.codec.v2_metadata(spec.inputs)}
-    size = spec.outputs.size if spec.outputs.size is not None else -1
+    if spec.inputs.kind == "tensors":
+        inputs = [_described(tensor) for tensor in spec.inputs.tensors]
+    else:
+        inputs = [{"name": spec.tensors.input, **spec.inputs.codec.v2_metadata(spec.inputs)}]
+    if spec.outputs.kind == "tensors":
+        outputs = [_described(tensor) for tensor in spec.outputs.tensors]
+    else:
+        size = spec.outputs.size if spec.outputs.size is not None else -1
+        outputs = [{"name": spec.tensors.output, "datatype": "FP32", "shape": [-1, size]}]
     return {
         "name": spec.name,
         "versions": [spec.version],
-        "platform": PLATFORM,
-        "inputs": [inputs],
-        "outputs": [{"name": spec.tensors.output, "datatype": "FP32", "shape": [-1, size]}],
+        "platform": PLATFORMS.get(spec.runtime, PLATFORM),
+        "inputs": inputs,
+        "outputs": outputs,
     }
+
+
+def _described(tensor: TensorSpec) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from service.codecs.base import FLOAT32_MAX, CodecError, InputCodec, RecordCheck, TensorData, type_name
 from service.codecs.image import IMAGE
+from service.codecs.tensors import TENSORS
 from service.codecs.text import TEXT
 from service.codecs.text_pair import TEXT_PAIR
 from service.codecs.vector import VECTOR
 
-INPUT_CODECS: dict[str, InputCodec] = {codec.kind: codec for codec in (TEXT, TEXT_PAIR, VECTOR, IMAGE)}
+INPUT_CODECS: dict[str, InputCodec] = {
+    codec.kind: codec for codec in (TEXT, TEXT_PAIR, VECTOR, IMAGE, TENSORS)
+}
 
 
 def input_codec(kind: str) -> InputCodec:

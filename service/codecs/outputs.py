@@ -4,6 +4,7 @@ them into the answer.
 
 - ``embedding``: the floats themselves (OpenAI's ``/v1/embeddings`` serves only this kind).
 - ``relevance``: one score per input (a reranker's, ``[score]``), as the floats.
+- ``tensors``: several named tensors of any datatype (``service.codecs.tensors``), by name.
 - ``classification``: the model's logits over ``labels``; answered as ``[{"label", "score"}]``
   sorted by score, best first, scores by softmax (one label per input) or sigmoid (multi-label),
   cut to ``top_k``; ``raw_scores: true`` answers the logits instead.
@@ -15,6 +16,8 @@ import math
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from service.codecs.tensors import TENSORS_OUTPUT
 
 if TYPE_CHECKING:
     from service.core.repository import OutputSpec
@@ -88,4 +91,5 @@ OUTPUT_CODECS: dict[str, OutputCodec] = {
     "embedding": Floats("embedding", openai_embeddings=True),
     "relevance": Floats("relevance", openai_embeddings=False),
     "classification": Classification(),
+    "tensors": TENSORS_OUTPUT,
 }

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.codecs import INPUT_CODECS, InputCodec, input_codec
 from service.codecs.outputs import OUTPUT_CODECS, OutputCodec
+from service.codecs.tensors import DEFAULT_MAX_ELEMENTS, TensorSpec, check_tensor_specs
+from service.core.programs import RUNTIMES, ProgramError, merge_declared, signature, verified_bytes
 
 # how an InferenceSession switches autograd off (defined here, torch-free, for settings and the CLI)
 GradMode = Literal["no_grad", "inference_mode"]
@@ -59,6 +61,10 @@ class InputSpec(BaseModel):
     # bytes one image may have (larger is a 413); None: 40 MP, 6 MiB (service.codecs.image)
     max_pixels: int | None = Field(None, ge=1)
     max_bytes: int | None = Field(None, ge=1)
+    # tensors: each named tensor (datatype, shape batch first), and the most elements one input's
+    # tensor may have where free dimensions leave it open (more: 413)
+    tensors: tuple[TensorSpec, ...] = ()
+    max_elements: int = Field(DEFAULT_MAX_ELEMENTS, ge=1, le=1 << 28)
     # one input the worker warms the model up with before it is ready (default: the codec's own
     # example: a short sentence, a vector of zeros); declare one if the model checks its inputs
     example: Any = None
@@ -76,6 +82,8 @@ class InputSpec(BaseModel):
             raise ValueError("min_items must not exceed max_items")
         if self.kind != "image" and (self.max_pixels is not None or self.max_bytes is not None):
             raise ValueError("'max_pixels' and 'max_bytes' are limits of image inputs")
+        if self.kind != "tensors" and self.tensors:
+            raise ValueError("'tensors' declares the inputs of kind 'tensors'")
         self.codec.check_spec(self)
         if self.example is not None and not self.codec.fits(self, self.example):
             raise ValueError(f"'example' must be one valid {self.kind} input")
@@ -97,8 +105,10 @@ class OutputSpec(BaseModel):
     # smaller sizes the model was trained to be cut to (Matryoshka): the first d floats, L2-renormalised.
     # Empty: only ``dimensions == size`` is accepted.
     dimensions: tuple[int, ...] = ()
-    # what the floats mean (service.codecs.outputs): embedding | relevance | classification
-    kind: Literal["embedding", "relevance", "classification"] = "embedding"
+    # what the floats mean (service.codecs.outputs): embedding | relevance | classification;
+    # tensors: several named tensors of any datatype (service.codecs.tensors), declared in ``tensors``
+    kind: Literal["embedding", "relevance", "classification", "tensors"] = "embedding"
+    tensors: tuple[TensorSpec, ...] = ()
     # classification: one label per output float, in the model's order (its id2label)
     labels: tuple[str, ...] = ()
     # classification: softmax (one label per input) or sigmoid (multi-label), from the model's problem_type
@@ -118,6 +128,10 @@ class OutputSpec(BaseModel):
             raise ValueError(f"each of 'dimensions' must be between 1 and size - 1 ({self.size - 1})")
         if len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError("'dimensions' must not repeat a size")
+        if self.kind == "tensors":
+            check_tensor_specs(self.tensors, "output")
+        elif self.tensors:
+            raise ValueError("'tensors' declares the outputs of kind 'tensors'")
         return self
 
 
@@ -160,6 +174,7 @@ class WeightsSpec(BaseModel):
         return self
 
 
+PROGRAM_RUNTIMES = ("onnx", "torch-export")
 BACKEND_NAMES = ("auto", "torch", "torch-bf16", "torch-bf16-autocast", "onnx", "onnx-int8")
 Backend = Literal["auto", "torch", "torch-bf16", "torch-bf16-autocast", "onnx", "onnx-int8"]
 
@@ -185,8 +200,10 @@ class ModelSpec(BaseModel):
     task: str
     description: str = ""
     # python: model.py's load() builds the model; huggingface: a Hugging Face folder (the weights
-    # location) served for ``task`` with no Python of the user's own (service.worker.huggingface)
-    runtime: Literal["python", "huggingface"] = "python"
+    # location) served for ``task`` with no Python of the user's own (service.worker.huggingface);
+    # onnx / torch-export: a .onnx file or a torch.export .pt2 program (the weights file), its
+    # tensors read from it (service.core.programs)
+    runtime: Literal["python", "huggingface", "onnx", "torch-export"] = "python"
     weights: WeightsSpec
     inputs: InputSpec
     outputs: OutputSpec = OutputSpec()
@@ -203,6 +220,14 @@ class ModelSpec(BaseModel):
     backend: Backend = "auto"
     gate: GateSpec = GateSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _program_tensors(cls, raw: Any) -> Any:
+        """A program's inputs and outputs are its tensors, read from it: both may be left out."""
+        if isinstance(raw, dict) and raw.get("runtime") in PROGRAM_RUNTIMES:
+            raw = {"inputs": {"kind": "tensors"}, "outputs": {"kind": "tensors"}, **raw}
+        return raw
+
     @model_validator(mode="after")
     def _check_name(self) -> ModelSpec:
         if not _NAME.match(self.name):
@@ -215,10 +240,21 @@ class ModelSpec(BaseModel):
                 )
             if self.inputs.kind != kind:
                 raise ValueError(f"task {self.task} takes inputs of kind {kind!r}, not {self.inputs.kind!r}")
+        if self.runtime in PROGRAM_RUNTIMES:
+            if self.inputs.kind != "tensors" or self.outputs.kind != "tensors":
+                raise ValueError(
+                    f"a {self.runtime} program takes and gives tensors: inputs and outputs kind 'tensors'"
+                )
+            if self.weights.path is None or self.weights.checksum_file is not None:
+                raise ValueError(f"a {self.runtime} program is one file: weights.path and its sha256")
+        elif (self.inputs.kind == "tensors" and not self.inputs.tensors) or (
+            self.outputs.kind == "tensors" and not self.outputs.tensors
+        ):
+            raise ValueError("a model of kind 'tensors' declares each tensor (name, datatype, shape)")
+        if self.runtime != "huggingface" and self.backend not in ("auto", "torch"):
+            raise ValueError(f"backend {self.backend} is for the huggingface runtime")
         if self.inputs.kind == "image" and self.backend not in ("auto", "torch"):
             raise ValueError(f"backend {self.backend}: image models run on torch (the gate's sets are text)")
-        if self.runtime == "python" and self.backend not in ("auto", "torch"):
-            raise ValueError(f"backend {self.backend} is for the huggingface runtime; model.py runs on torch")
         if self.runtime == "huggingface" and self.weights.checksum_file is not None:
             raise ValueError(
                 "a huggingface folder is checksummed whole (sha256 of its manifest): drop checksum_file"
@@ -291,6 +327,13 @@ class ModelEntry:
             )
         return location
 
+    def program_bytes(self) -> bytes:
+        """A program's file, read once and checked against its pinned sha256 (ModelError otherwise)."""
+        try:
+            return verified_bytes(self.weights_location(), self.spec.weights.sha256)
+        except ProgramError as exc:
+            raise ModelError(f"model {self.spec.name!r}: {exc}") from None
+
     def _import_code(self) -> Any:
         """Import ``model.py`` from this folder by path (any repository location works)."""
         name = _module_name(self.folder)
@@ -312,6 +355,12 @@ class ModelEntry:
         """Verify the weights, then build the model: the huggingface runtime from the folder (on
         its backend, exports and decisions under ``cache_dir``), or ``model.py``'s
         ``load(spec, weights, device)``."""
+        if self.spec.runtime in PROGRAM_RUNTIMES:
+            from service.worker import programs  # torch / onnxruntime: imported in the worker only
+
+            data = self.program_bytes()
+            program: Model = programs.load(self.spec, data, device)
+            return program
         weights = self.verified_weights()
         if self.spec.runtime == "huggingface":
             from service.worker import huggingface  # torch: imported in the worker only
@@ -325,7 +374,32 @@ class ModelEntry:
         model = loader(self.spec, weights, device, **overrides)
         if not isinstance(model, Model):
             raise ModelError(f"model {self.spec.name!r}: load() returned {type(model).__name__}, not a Model")
+        if self.spec.outputs.kind == "tensors":  # every answer checked against the declared tensors
+            from service.worker.programs import CheckedTensors
+
+            return CheckedTensors(self.spec, model)
         return model
+
+
+def with_program_tensors(entry: ModelEntry) -> ModelEntry:
+    """A program's entry with its tensors read from the program (its checksum checked first);
+    others as they are. ModelError naming the model when the program cannot be served."""
+    spec = entry.spec
+    if spec.runtime not in PROGRAM_RUNTIMES:
+        return entry
+    try:
+        inputs, outputs = signature(spec.runtime, entry.program_bytes())
+        inputs = merge_declared(spec.inputs.tensors, inputs, "input")
+        outputs = merge_declared(spec.outputs.tensors, outputs, "output")
+    except ProgramError as exc:
+        raise ModelError(f"model {spec.name!r}: {exc}") from None
+    resolved = spec.model_copy(
+        update={
+            "inputs": spec.inputs.model_copy(update={"tensors": inputs}),
+            "outputs": spec.outputs.model_copy(update={"tensors": outputs}),
+        }
+    )
+    return ModelEntry(spec=resolved, folder=entry.folder)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -460,7 +534,7 @@ class ModelRepository:
                 )
             if spec.runtime == "python" and not (folder / "model.py").is_file():
                 raise ModelError(f"{folder}: has model.yaml but no model.py")
-            entries[spec.name] = ModelEntry(spec=spec, folder=folder)
+            entries[spec.name] = with_program_tensors(ModelEntry(spec=spec, folder=folder))
         return entries
 
     def add_folder(
@@ -472,6 +546,8 @@ class ModelRepository:
         folder = Path(folder).resolve()
         if name in self._entries:
             raise ModelError(f"model {name!r} is already in the repository {self.root}")
+        if folder.is_file() and folder.suffix in RUNTIMES:
+            return self.add_program(name, folder, task, sha256)
         if not (folder / "config.json").is_file():
             raise ModelError(f"{folder}: not a Hugging Face model folder (no config.json)")
         config = read_json(folder / "config.json")
@@ -504,6 +580,37 @@ class ModelRepository:
             first = str(exc).splitlines()
             raise ModelError(f"model {name!r} from {folder}: {' '.join(first[:3])}") from None
         entry = ModelEntry(spec=spec, folder=folder)
+        self._entries[name] = entry
+        return entry
+
+    def add_program(self, name: str, path: Path, task: str | None, sha256: str | None) -> ModelEntry:
+        """Serve a ``.onnx`` file or a ``.pt2`` program as model ``name``, its tensors read from it.
+        A ``.pt2`` is code: it needs its ``sha256`` pinned. A ``.onnx`` without one is hashed now."""
+        runtime = RUNTIMES[path.suffix]
+        if sha256 is None:
+            if runtime == "torch-export":
+                raise ModelError(
+                    f"model {name!r}: {path} is a torch.export program, which is code: pin its checksum "
+                    f"with --sha256 {name}=HEX (sha256sum {path.name}) to serve it"
+                )
+            sha256 = sha256_file(path)
+        try:
+            spec = ModelSpec(
+                name=name,
+                version="file",
+                task=task or "tensors",
+                description=f"served from {path}",
+                runtime=runtime,
+                weights=WeightsSpec(path=path.name, sha256=sha256),
+                inputs=InputSpec(kind="tensors"),
+                outputs=OutputSpec(kind="tensors"),
+                max_batch_size=32,
+                workers=1,
+            )
+        except ValidationError as exc:
+            first = str(exc).splitlines()
+            raise ModelError(f"model {name!r} from {path}: {' '.join(first[:3])}") from None
+        entry = with_program_tensors(ModelEntry(spec=spec, folder=path.parent))
         self._entries[name] = entry
         return entry
 

@@ -109,7 +109,13 @@ def member_limit(inputs: InputSpec) -> int:
 
 
 def check_archive_kind(inputs: InputSpec, fmt: str) -> None:
-    """Archives and folders hold files: only a model of ``image`` inputs reads them (FormatError)."""
+    """Archives and folders hold files: only a model of ``image`` inputs reads them; a model of
+    named ``tensors`` reads no file (FormatError)."""
+    if inputs.kind == "tensors":
+        raise FormatError(
+            "a model of named tensors reads no files: send its inputs to /v1/models/{name}/predict "
+            "or the v2 infer route"
+        )
     if fmt in ARCHIVE_FORMATS and inputs.kind != "image":
         raise FormatError(
             f"a {fmt} holds files, one input each: for image models; this model takes {inputs.kind}"

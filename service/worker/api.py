@@ -129,6 +129,10 @@ class ModelAPI(LitAPI):  # type: ignore[misc]
 def warmup_input(spec: ModelSpec) -> Any:
     """The input the model is warmed up with: its declared ``inputs.example``, else its kind's."""
     if spec.inputs.example is not None:
+        if spec.inputs.kind == "tensors":  # declared as JSON; the model takes arrays by name
+            from service.codecs.tensors import TENSORS
+
+            return TENSORS.convert(spec.inputs, spec.inputs.example)
         return spec.inputs.example
     return spec.inputs.codec.example(spec.inputs)
 

@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.test_tensors import HOSTILE as TENSOR_HOSTILE
 from tests.support import ServerProcess
 
 JSON = {"content-type": "application/json"}
@@ -1017,12 +1018,25 @@ KIND_CASES += [
         "error",
     ),
     ("image-to-a-text-model", "/v1/models/classifier/predict", raw(_png(4, 4), "image/png"), 415, "error"),
+    ("image-to-a-tensor-model", "/v1/models/scorer/predict", raw(_png(4, 4), "image/png"), 415, "error"),
+    (
+        "archive-to-a-tensor-model",
+        "/v1/models/scorer/predict-file",
+        raw(b"PK\x05\x06" + b"\0" * 18, "application/zip"),
+        415,
+        "error",
+    ),
+]
+# every other hostile tensor: tests/e2e/test_tensors.py (its own server, with timings and RSS)
+KIND_CASES += [
+    (f"tensor-{name.replace(' ', '-')}", path, kwargs, status, "error")
+    for name, (path, kwargs, status, _) in TENSOR_HOSTILE.items()
 ]
 
 
 @pytest.fixture(scope="module")
 def kinds_server() -> Iterator[ServerProcess]:
-    with ServerProcess(serve=["reranker", "classifier", "image_classifier"]) as process:
+    with ServerProcess(serve=["reranker", "classifier", "image_classifier", "scorer"]) as process:
         yield process
 
 

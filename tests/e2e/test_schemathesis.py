@@ -130,11 +130,13 @@ NEW_KIND_OPERATIONS = {
     "POST /v2/models/classifier/infer",  # the classification extension on its output
     "POST /v1/models/image_classifier/predict",  # base64 images
     "POST /v2/models/image_classifier/infer",  # BYTES [N] or UINT8 [N, H, W, 3]
+    "POST /v1/models/scorer/predict",  # named tensors, each by name
+    "POST /v2/models/scorer/infer",  # FP32 and BOOL tensors in, FP32 and INT64 out
 }
 
 
 def test_rerank_and_classifier_operations_conform_to_the_openapi_document() -> None:
-    with ServerProcess(serve=["reranker", "classifier", "image_classifier"]) as server:
+    with ServerProcess(serve=["reranker", "classifier", "image_classifier", "scorer"]) as server:
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=CONFIG, timeout=30)
         failures: list[str] = []
         covered: set[str] = set()

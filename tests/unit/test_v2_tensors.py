@@ -253,7 +253,12 @@ def test_binary_layout_errors() -> None:
     refuse(TEXT, body, "0", 400, "not valid JSON")
     refuse(TEXT, *text_request([1], bytes_tensor([b"hi"]), size=-1), 400, "non-negative integer")
     refuse(TEXT, *text_request([1], bytes_tensor([b"hi"]), size=10**12), 400, "binary_data_size is")
-    refuse(TEXT, *text_request([1], bytes_tensor([b"hi"]), size=3), 400, "6 bytes follow")
+    refuse(
+        TEXT,
+        *text_request([1], bytes_tensor([b"hi"]), size=3),
+        400,
+        "3 bytes follow the inference header that no input",
+    )
     refuse(TEXT, *text_request([1], bytes_tensor([b"hi"]) + b"x"), 400, "holds more than the 1")
     refuse(TEXT, *text_request([1], struct.pack("<I", 1000) + b"abc"), 400, "1000 bytes past the end")
     refuse(TEXT, *text_request([1], struct.pack("<I", 2**32 - 1)), 400, "past the end")
@@ -265,7 +270,7 @@ def test_binary_layout_errors() -> None:
     refuse(TEXT, document + bytes_tensor([b"hi"]), None, 400, "not valid JSON")
     refuse(TEXT, document, None, 400, "binary_data_size' but there is no")
     json_only = orjson.dumps({"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["a"]}]})
-    refuse(TEXT, json_only + b"xx", str(len(json_only)), 400, "no input has binary_data_size")
+    refuse(TEXT, json_only + b"xx", str(len(json_only)), 400, "that no input's binary_data_size accounts for")
     vector = orjson.dumps(vector_input(shape=[1, 16], parameters={"binary_data_size": 63}))
     refuse(VECTOR, vector + b"\0" * 63, str(len(vector)), 400, "needs 64 bytes, got 63")
 
