@@ -57,9 +57,11 @@ def direct_routes(state: ServiceState) -> dict[tuple[str, str], Handler]:
     """(method, exact path) → handler of the routes the middleware answers itself: the handlers
     FastAPI would call for them, with their path parameters bound."""
     table: dict[tuple[str, str], Handler] = {("POST", "/v1/embeddings"): openai.embeddings}
-    for name in state.routes:
+    for name, route in state.routes.items():
         table["POST", f"/v1/models/{name}/predict"] = partial(native.predict, name=name)
         table["POST", f"/v2/models/{name}/infer"] = partial(v2.infer, name=name)
+        if route.spec.inputs.kind == "image":  # curl -T cat.jpg uploads with PUT
+            table["PUT", f"/v1/models/{name}/predict"] = partial(native.predict, name=name)
     return table
 
 

@@ -158,3 +158,7 @@ def register(app: FastAPI) -> None:
             }
         },
     )
+    # curl -T FILE uploads with PUT: the same route (undocumented: one method in the schema)
+    app.add_api_route(
+        "/v1/models/{name}/predict-file", predict_file, methods=["PUT"], include_in_schema=False
+    )

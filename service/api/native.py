@@ -149,7 +149,9 @@ def describe(state: ServiceState, route: ModelRoute) -> dict[str, Any]:
         "version": spec.version,
         "task": spec.task,
         "description": spec.description,
-        "inputs": spec.inputs.model_dump(exclude_none=True),
+        "inputs": spec.inputs.model_dump(
+            exclude_none=True, exclude={} if spec.inputs.tensors else {"tensors"}
+        ),
         "max_batch_size": route.max_batch_size,
         "max_batch_tokens": route.max_batch_tokens,
         "workers": route.workers,

@@ -317,7 +317,7 @@ def _tensor_shape(spec: ModelSpec, wanted: TensorSpec, shape: Any) -> tuple[int,
         raise TensorError(400, f"input {wanted.name!r}: 'shape' must be a list of integers")
     if any(d < 0 for d in shape):
         raise TensorError(400, f"input {wanted.name!r}: shape {shape[:4]} has a negative dimension")
-    mismatch = shape_error(wanted, shape, limits.max_elements, batch=True) if shape else None
+    mismatch = shape_error(wanted, shape, limits.element_limit, batch=True) if shape else None
     if not shape:
         mismatch = CodecError(f"input {wanted.name!r}: shape [] has no batch dimension")
     if mismatch is not None:

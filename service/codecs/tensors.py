@@ -250,7 +250,7 @@ class TensorsCodec:
             raise CodecError(
                 f"tensor {missing[0]!r} is missing ({[t.name for t in spec.tensors]} are needed)"
             )
-        return {t.name: row_from_json(t, value[t.name], spec.max_elements) for t in spec.tensors}
+        return {t.name: row_from_json(t, value[t.name], spec.element_limit) for t in spec.tensors}
 
     def item_type(self, spec: InputSpec) -> Any:
         fields: dict[str, Any] = {

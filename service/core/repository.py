@@ -62,9 +62,9 @@ class InputSpec(BaseModel):
     max_pixels: int | None = Field(None, ge=1)
     max_bytes: int | None = Field(None, ge=1)
     # tensors: each named tensor (datatype, shape batch first), and the most elements one input's
-    # tensor may have where free dimensions leave it open (more: 413)
+    # tensor may have where free dimensions leave it open (more: 413; None: 1,048,576)
     tensors: tuple[TensorSpec, ...] = ()
-    max_elements: int = Field(DEFAULT_MAX_ELEMENTS, ge=1, le=1 << 28)
+    max_elements: int | None = Field(None, ge=1, le=1 << 28)
     # one input the worker warms the model up with before it is ready (default: the codec's own
     # example: a short sentence, a vector of zeros); declare one if the model checks its inputs
     example: Any = None
@@ -82,12 +82,17 @@ class InputSpec(BaseModel):
             raise ValueError("min_items must not exceed max_items")
         if self.kind != "image" and (self.max_pixels is not None or self.max_bytes is not None):
             raise ValueError("'max_pixels' and 'max_bytes' are limits of image inputs")
-        if self.kind != "tensors" and self.tensors:
-            raise ValueError("'tensors' declares the inputs of kind 'tensors'")
+        if self.kind != "tensors" and (self.tensors or self.max_elements is not None):
+            raise ValueError("'tensors' and 'max_elements' declare the inputs of kind 'tensors'")
         self.codec.check_spec(self)
         if self.example is not None and not self.codec.fits(self, self.example):
             raise ValueError(f"'example' must be one valid {self.kind} input")
         return self
+
+    @property
+    def element_limit(self) -> int:
+        """tensors: the most elements of one input's tensor where free dimensions leave it open."""
+        return self.max_elements or DEFAULT_MAX_ELEMENTS
 
     @property
     def codec(self) -> InputCodec:

@@ -35,12 +35,14 @@ def on_port(code: str, port: int) -> str:
     return code.replace(DOCUMENTED_PORT, f"127.0.0.1:{port}")
 
 
-def run_shell(code: str, port: int) -> str:
-    """Run a shell snippet; every curl fails on an HTTP error (-f), so a 4xx/5xx fails the test, and
-    ends its answer with a newline (one answer per line)."""
+def run_shell(code: str, port: int, cwd: Path | None = None) -> str:
+    """Run a shell snippet (in ``cwd``); every curl fails on an HTTP error (-f), so a 4xx/5xx fails
+    the test, and ends its answer with a newline (one answer per line); ``python -m service`` is
+    this interpreter's."""
     script = on_port(code, port).replace("curl -s ", "curl -sSf -w '\\n' ")
+    script = script.replace("python -m service", f"{shlex.quote(sys.executable)} -m service")
     done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, cwd=cwd
     )
     assert done.returncode == 0, (script, done.stdout[-2000:], done.stderr[-2000:])
     assert done.stdout.strip(), script
@@ -136,3 +138,75 @@ def test_serving_a_model_py_of_ones_own_as_the_readme_says(tmp_path: Path) -> No
             mixed = client.post("/v1/models/mymodel/predict", json={"inputs": [[0.0] * 16]})
             assert mixed.status_code == 422
             assert "an all-zero vector has no direction" in mixed.json()["error"]
+
+
+def test_the_image_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """curl -T, --data-binary, -F, JSON base64, a tar to predict-file, the CLI on a folder, and
+    tritonclient, on the files the snippets name."""
+    import io
+    import tarfile
+
+    from tests.e2e.test_image_classifier import IMAGES
+
+    (tmp_path / "cat.jpg").write_bytes(IMAGES[0])
+    (tmp_path / "dog.png").write_bytes(IMAGES[1])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with tarfile.open(tmp_path / "photos.tar", "w") as archive:
+        for index, data in enumerate(IMAGES[:4]):
+            (photos / f"{index}.img").write_bytes(data)
+            member = tarfile.TarInfo(f"{index}.img")
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    ((_, serve),) = snippets("images-serve")
+    command, env = server_command(serve, {})
+    with ServerUnderTest(command, "/health/ready", env=env) as server:
+        (shell, client) = snippets("images")
+        assert shell[0] == "sh" and client[0] == "python"
+        output = run_shell(shell[1], server.port, cwd=tmp_path)
+        answers = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+        assert [len(a["outputs"]) for a in answers[:4]] == [1, 1, 2, 1]
+        assert len(answers[0]["outputs"][0]) == 2 and len(answers[3]["outputs"][0]) == 3
+        assert (
+            answers[0]["outputs"] == answers[3]["outputs"]
+            or answers[0]["outputs"][0][0]["label"] == (answers[3]["outputs"][0][0]["label"])
+        )
+        lines = [
+            json.loads(line) for line in (tmp_path / "photos.predictions.jsonl").read_text().splitlines()
+        ]
+        assert [line["id"] for line in lines] == [f"{i}.img" for i in range(4)]
+        monkeypatch.chdir(tmp_path)
+        run_python(client[1], server.port)
+
+
+def test_the_named_tensor_snippets_run(tmp_path: Path) -> None:
+    """The declaration is the bundled scorer's; a .onnx and a .pt2 made as a user makes them
+    serve from the snippet's command; curl and tritonclient answer."""
+    import yaml
+
+    from tests.programs import make_onnx, make_pt2
+
+    ((_, declaration),) = snippets("tensors-yaml")
+    shown = yaml.safe_load(declaration)
+    with open(ModelRepository().get("scorer").folder / "model.yaml", encoding="utf-8") as handle:
+        bundled = yaml.safe_load(handle)
+    assert shown["inputs"]["tensors"] == bundled["inputs"]["tensors"]
+    assert shown["outputs"] == bundled["outputs"]
+    onnx, pt2 = tmp_path / "pooler.onnx", tmp_path / "pooler.pt2"
+    make_onnx(onnx)
+    digest = make_pt2(pt2)
+    ((_, serve),) = snippets("tensors-serve")
+    replacements = {
+        "/path/to/pooler.onnx": str(onnx),
+        "/path/to/pooler.pt2": str(pt2),
+        "<sha256sum of pooler.pt2>": digest,
+    }
+    command, env = server_command(serve, replacements)
+    with ServerUnderTest(command, "/health/ready", env=env) as server:
+        ((_, call),) = snippets("tensors-call")
+        output = run_shell(call, server.port)
+        metadata, answer = (json.loads(line) for line in output.splitlines()[:2])
+        assert [t["name"] for t in metadata["inputs"]] == ["tokens", "weights"]
+        assert [o["count"] for o in answer["outputs"]] == [2, 1]
+        ((_, client),) = snippets("tensors-client")
+        run_python(client, server.port)

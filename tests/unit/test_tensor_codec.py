@@ -118,7 +118,9 @@ def test_declarations_are_refused_unless_complete_and_consistent() -> None:
         model(inputs={"kind": "tensors"})
     with pytest.raises(ValidationError, match="repeat a name"):
         InputSpec(kind="tensors", tensors=(SPEC.tensors[0], SPEC.tensors[0]))
-    with pytest.raises(ValidationError, match="'tensors' declares the inputs of kind 'tensors'"):
+    with pytest.raises(
+        ValidationError, match="'tensors' and 'max_elements' declare the inputs of kind 'tensors'"
+    ):
         InputSpec(kind="vector", dim=2, tensors=SPEC.tensors)
     with pytest.raises(ValidationError, match="takes and gives tensors"):
         model(runtime="onnx", inputs={"kind": "vector", "dim": 2})
