@@ -215,7 +215,7 @@ def tune_command(args: argparse.Namespace) -> int:
     entry = ModelRepository(settings.repository).get(args.model)
     if entry.spec.runtime != "huggingface":
         raise ModelError(
-            f"model {args.model!r} runs model.py on torch: only huggingface models have backends"
+            f"model {args.model!r} runs {backend_summary(entry.spec, Path('.'))}: only huggingface models have backends"
         )
     if entry.spec.inputs.kind == "image":
         raise ModelError(f"model {args.model!r} takes images: image models run on torch (nothing to tune)")
@@ -230,6 +230,10 @@ def tune_command(args: argparse.Namespace) -> int:
 def backend_summary(spec: Any, cache_dir: Path) -> str:
     """What ``python -m service models`` says of a model's backend: the declared one, and for
     ``auto`` this machine's decision (lone/batch) with the gate's figures of what it chose."""
+    if spec.runtime == "onnx":
+        return "onnxruntime (.onnx)"
+    if spec.runtime == "torch-export":
+        return "torch (.pt2)"
     if spec.runtime != "huggingface":
         return "torch (model.py)"
     if spec.inputs.kind == "image":

@@ -78,6 +78,27 @@ class TorchAutocastBackend(TorchBackend):
         return output.float()
 
 
+def session_options(threads: int) -> Any:
+    """ONNX Runtime's options for a session on ``threads`` threads, sequential, spinning only
+    while a run lasts."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    # A pool of several threads (a worker computing alone, on every core) spins between the
+    # operators of a run and stops when the run ends: minilm's lone forward on 2 threads took
+    # 1.74 ms so against 2.37 ms without spinning, for 7.7 ms of CPU per run against 5.0 (left
+    # spinning after runs it burnt 26 ms per run, a core a peer would need). One thread has
+    # no pool to wake.
+    spin = threads > 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 class OnnxBackend:
     """An ONNX Runtime session per thread count: the worker's thread policy sets torch's count
     before each forward (all cores alone, a share side by side); the matching session runs it."""
@@ -93,20 +114,9 @@ class OnnxBackend:
     def _session(self, threads: int) -> Any:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        # A pool of several threads (a worker computing alone, on every core) spins between the
-        # operators of a run and stops when the run ends: minilm's lone forward on 2 threads took
-        # 1.74 ms so against 2.37 ms without spinning, for 7.7 ms of CPU per run against 5.0 (left
-        # spinning after runs it burnt 26 ms per run, a core a peer would need). One thread has
-        # no pool to wake.
-        spin = threads > 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        if spin:
-            options.add_session_config_entry("session.force_spinning_stop", "1")
-        return onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(
+            str(self.path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         threads = torch.get_num_threads()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -80,12 +81,15 @@ class BatchingLoop(WorkerLoop):
         )
         times = config.compute_times
         self.computing = ComputeTimes(times, worker_id) if times is not None else ComputeTimes([0.0], 0)
-        try:
-            while True:
-                self._serve_once()
-        finally:
-            for source in list(self.files.values()):
-                source.close()
+        model = self.session.model
+        # a model that owns resources (a program's ONNX Runtime session) is held for the loop's life
+        with model if isinstance(model, AbstractContextManager) else nullcontext():
+            try:
+                while True:
+                    self._serve_once()
+            finally:
+                for source in list(self.files.values()):
+                    source.close()
 
     def _serve_once(self) -> None:
         scheduler = self.scheduler

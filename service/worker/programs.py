@@ -125,12 +125,9 @@ def onnx_program(spec: ModelSpec, data: bytes, threads: int) -> ProgramModel:
     library is ever registered."""
     import onnxruntime
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads > 1 else "0")
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    from service.worker.backends import session_options
+
+    session = onnxruntime.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
     names = [tensor.name for tensor in spec.outputs.tensors]
 
     def run(batch: Arrays) -> dict[str, Any]:
