@@ -136,16 +136,24 @@ def test_an_api_error_from_a_direct_handler_is_answered_as_fastapi_would(direct_
 
 
 def test_the_service_answers_its_inference_routes_directly() -> None:
+    from types import SimpleNamespace
+
     from service.api.app import direct_routes
+    from service.core.repository import ModelRepository
+
+    repository = ModelRepository()
 
     class State:
-        routes = {"minilm": None, "reference": None}
+        routes = {
+            name: SimpleNamespace(spec=repository.get(name).spec) for name in ("minilm", "image_classifier")
+        }
 
     table = direct_routes(State())  # type: ignore[arg-type]
     assert set(table) == {
         ("POST", "/v1/embeddings"),
         ("POST", "/v1/models/minilm/predict"),
-        ("POST", "/v1/models/reference/predict"),
+        ("POST", "/v1/models/image_classifier/predict"),
+        ("PUT", "/v1/models/image_classifier/predict"),  # curl -T uploads an image with PUT
         ("POST", "/v2/models/minilm/infer"),
-        ("POST", "/v2/models/reference/infer"),
+        ("POST", "/v2/models/image_classifier/infer"),
     }
