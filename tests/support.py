@@ -174,6 +174,14 @@ class ServerUnderTest:
                 continue
         return alive
 
+    def rss(self) -> dict[int, int]:
+        """Resident memory in bytes of the server and every process under it, by pid."""
+        import psutil
+
+        assert self.process is not None
+        root = psutil.Process(self.process.pid)
+        return {process.pid: process.memory_info().rss for process in [root, *root.children(recursive=True)]}
+
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 

@@ -376,23 +376,17 @@ def test_the_command_line_says_image_models_run_on_torch() -> None:
 def test_hostile_images_leave_every_process_rss_flat(server: ServerProcess) -> None:
     """After one round of every hostile image (allocations made once), ten more rounds grow no
     process of the service by more than 5% (+8 MB for the allocator's own slack)."""
-    import psutil
 
     def send_all() -> None:
         for data, _, _ in HOSTILE.values():
             server.client.post(PREDICT, content=data, headers={"content-type": "image/png"})
             server.post(PREDICT, {"inputs": [b64(data)]})
 
-    def rss() -> dict[int, int]:
-        assert server.process is not None
-        root = psutil.Process(server.process.pid)
-        return {process.pid: process.memory_info().rss for process in [root, *root.children(recursive=True)]}
-
     send_all()
-    before = rss()
+    before = server.rss()
     for _ in range(10):
         send_all()
-    after = rss()
+    after = server.rss()
     assert set(after) == set(before)  # no process replaced (no worker died)
     for pid, size in before.items():
         assert after.get(pid, 0) <= size * 1.05 + 8_000_000, (pid, size, after.get(pid))

@@ -145,6 +145,18 @@ def binary_entry(name: str, datatype: str, shape: list[int], size: int) -> dict[
     return {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}}
 
 
+def scorer_binary(
+    features: bytes, mask: bytes, features_size: int = 32, mask_size: int = 8
+) -> dict[str, Any]:
+    """A v2 request of the scorer's two tensors as binary data, their declared sizes given."""
+    return binary(
+        [
+            (binary_entry("features", "FP32", [1, 8], features_size), features),
+            (binary_entry("mask", "BOOL", [1, 8], mask_size), mask),
+        ]
+    )
+
+
 GOOD_MASK = mask_tensor()
 HOSTILE: dict[str, tuple[str, dict[str, Any], int, str]] = {
     "wrong datatype": (
@@ -196,58 +208,18 @@ HOSTILE: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "classification",
     ),
-    "binary size mismatch": (
-        SCORER_V2,
-        binary(
-            [
-                (binary_entry("features", "FP32", [1, 8], 31), b"\0" * 31),
-                (binary_entry("mask", "BOOL", [1, 8], 8), b"\1" * 8),
-            ]
-        ),
-        400,
-        "needs 32 bytes",
-    ),
+    "binary size mismatch": (SCORER_V2, scorer_binary(b"\0" * 31, b"\1" * 8, 31), 400, "needs 32 bytes"),
     "binary past the body": (
         SCORER_V2,
-        binary(
-            [
-                (binary_entry("features", "FP32", [1, 8], 32), b"\0" * 32),
-                (binary_entry("mask", "BOOL", [1, 8], 80), b"\1" * 8),
-            ]
-        ),
+        scorer_binary(b"\0" * 32, b"\1" * 8, mask_size=80),
         400,
-        "binary_data_size is 80",
+        "size is 80",
     ),
-    "binary left over": (
-        SCORER_V2,
-        binary(
-            [
-                (binary_entry("features", "FP32", [1, 8], 32), b"\0" * 32),
-                (binary_entry("mask", "BOOL", [1, 8], 8), b"\1" * 9),
-            ]
-        ),
-        400,
-        "1 bytes follow",
-    ),
-    "binary booleans past 1": (
-        SCORER_V2,
-        binary(
-            [
-                (binary_entry("features", "FP32", [1, 8], 32), b"\0" * 32),
-                (binary_entry("mask", "BOOL", [1, 8], 8), b"\7" * 8),
-            ]
-        ),
-        400,
-        "0 or 1",
-    ),
+    "binary left over": (SCORER_V2, scorer_binary(b"\0" * 32, b"\1" * 9), 400, "1 bytes follow"),
+    "binary booleans past 1": (SCORER_V2, scorer_binary(b"\0" * 32, b"\7" * 8), 400, "0 or 1"),
     "binary NaN": (
         SCORER_V2,
-        binary(
-            [
-                (binary_entry("features", "FP32", [1, 8], 32), np.full(8, np.nan, np.float32).tobytes()),
-                (binary_entry("mask", "BOOL", [1, 8], 8), b"\1" * 8),
-            ]
-        ),
+        scorer_binary(np.full(8, np.nan, np.float32).tobytes(), b"\1" * 8),
         400,
         "finite",
     ),
@@ -310,22 +282,16 @@ def test_hostile_tensors_are_a_clear_4xx_within_a_second(scorer: ServerProcess, 
 def test_hostile_tensors_leave_the_server_serving_with_flat_memory(scorer: ServerProcess) -> None:
     """After one round of every hostile request, ten more rounds replace no process and grow
     none by more than 5% (+8 MB of allocator slack); the next request is answered."""
-    import psutil
 
     def send_all() -> None:
         for path, kwargs, status, _ in HOSTILE.values():
             assert scorer.client.post(path, **kwargs).status_code == status
 
-    def rss() -> dict[int, int]:
-        assert scorer.process is not None
-        root = psutil.Process(scorer.process.pid)
-        return {process.pid: process.memory_info().rss for process in [root, *root.children(recursive=True)]}
-
     send_all()
-    before = rss()
+    before = scorer.rss()
     for _ in range(10):
         send_all()
-    after = rss()
+    after = scorer.rss()
     assert set(after) == set(before)
     for pid, size in before.items():
         assert after[pid] <= size * 1.05 + 8_000_000, (pid, size, after[pid])
