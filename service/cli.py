@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config)
             repository = ModelRepository(settings.repository)
             for name in repository.names():
-                spec = repository.get(name).spec
+                spec = repository.declared(name)
                 served = "served" if name in settings.serve else "-"
                 backend = backend_summary(spec, settings.cache_dir)
                 print(

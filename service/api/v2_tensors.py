@@ -312,7 +312,9 @@ def _named_tensors(spec: ModelSpec, raw_inputs: list[Any], binary: bytes, has_he
 def _tensor_shape(spec: ModelSpec, wanted: TensorSpec, shape: Any) -> tuple[int, ...]:
     limits = spec.inputs
     if isinstance(shape, list) and any(isinstance(d, float) and abs(d) >= 2**63 for d in shape):
-        raise TensorError(413, "shape has a dimension past 2**63, far past the model's limits")
+        raise TensorError(
+            413, f"input {wanted.name!r}: shape has a dimension past 2**63, far past the model's limits"
+        )
     if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
         raise TensorError(400, f"input {wanted.name!r}: 'shape' must be a list of integers")
     if any(d < 0 for d in shape):
@@ -362,6 +364,8 @@ def _typed_array(
         return from_elements(wanted, _flatten(data, count), shape)
     except CodecError as exc:
         raise TensorError(400, exc.message) from None
+    except TensorError as exc:  # the layout of 'data': name the tensor
+        raise TensorError(exc.status, f"input {wanted.name!r}: {exc.message}") from None
 
 
 @dataclass(frozen=True)
@@ -569,8 +573,14 @@ def _output_arrays(spec: ModelSpec, outputs: Any, rows: int) -> dict[str, tuple[
     arrays: dict[str, tuple[str, np.ndarray[Any, Any]]] = {}
     for tensor in spec.outputs.tensors:
         parts = [np.asarray(row[tensor.name]) for row in outputs]
-        if len({part.shape for part in parts}) > 1:
-            raise RuntimeError(f"output {tensor.name!r}: the inputs' rows differ in shape; send them apart")
+        shapes = sorted({part.shape for part in parts})
+        if len(shapes) > 1:
+            raise TensorError(
+                422,
+                f"output {tensor.name!r}: this request's inputs have outputs of different shapes "
+                f"({list(shapes[0])}, {list(shapes[1])}), which one v2 tensor cannot hold; send them in "
+                "separate requests (the native route answers each input apart)",
+            )
         arrays[tensor.name] = (tensor.datatype, np.ascontiguousarray(np.stack(parts), dtype=tensor.dtype))
     return arrays
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import ml_dtypes
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from service.codecs.base import CodecError, RecordCheck, TensorData, shape_mismatch
+from service.codecs.base import CodecError, RecordCheck, TensorData
 
 if TYPE_CHECKING:
     from service.core.repository import InputSpec, OutputSpec
@@ -53,7 +53,8 @@ _FLOAT_MAX = {
     "BF16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),  # type: ignore[no-untyped-call]
     "FP64": float(np.finfo(np.float64).max),
 }
-_TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
+# as ONNX exporters name tensors too (input:0, onnx::Gemm_0, 0), up to 128 characters
+_TENSOR_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,127}$"
 MAX_DIMENSIONS = 8
 DEFAULT_MAX_ELEMENTS = 1 << 20  # per tensor per input, when free dimensions leave it open
 
@@ -114,8 +115,11 @@ def shape_error(spec: TensorSpec, shape: Sequence[int], max_elements: int, batch
     if len(row) != len(spec.row) or any(
         want not in (-1, got) for want, got in zip(spec.row, row, strict=True)
     ):
-        mismatch = shape_mismatch(list(shape), expected, max_elements)
-        return CodecError(f"tensor {spec.name!r}: {mismatch.message}", too_large=mismatch.too_large)
+        if len(shape) > MAX_DIMENSIONS or any(d > max_elements for d in shape):
+            return CodecError(
+                f"tensor {spec.name!r}: shape {list(shape)[:9]} is far past {expected}", too_large=True
+            )
+        return CodecError(f"tensor {spec.name!r}: shape {list(shape)} does not match {expected}")
     if any(d < 1 for d in row):
         return CodecError(f"tensor {spec.name!r}: shape {list(shape)} has an empty dimension")
     if math.prod(row) > row_limit(spec, max_elements):
@@ -157,9 +161,24 @@ def from_elements(spec: TensorSpec, values: Sequence[Any], shape: Sequence[int])
         error = _element_error(spec.datatype, index, value)
         if error is not None:
             raise CodecError(f"tensor {spec.name!r} ({spec.datatype}): {error}")
-    if spec.datatype in _FLOATS:  # JSON numbers are doubles: rounded to the datatype, as a cast does
+    if spec.datatype == "BF16":
+        return bfloat16_nearest(np.array(values, dtype=np.float64)).reshape(shape)
+    if spec.datatype in _FLOATS:  # JSON numbers are doubles: rounded to the nearest of the datatype
         return np.array(values, dtype=np.float64).astype(spec.dtype).reshape(shape)
     return np.array(values, dtype=spec.dtype).reshape(shape)
+
+
+def bfloat16_nearest(doubles: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Doubles rounded to the nearest bfloat16 (ties to even). A cast goes through float32 and
+    rounds twice: a double just above a bfloat16 halfway point lands on it in float32, then ties
+    to even, the wrong way. Such a float32 is moved one step towards the double first."""
+    singles = doubles.astype(np.float32)
+    tie = (singles.view(np.uint32) & 0xFFFF) == 0x8000
+    moved = tie & (singles.astype(np.float64) != doubles)
+    if moved.any():
+        towards = np.where(doubles[moved] > singles[moved], np.inf, -np.inf).astype(np.float32)
+        singles[moved] = np.nextafter(singles[moved], towards)
+    return singles.astype(ml_dtypes.bfloat16)
 
 
 def nested_shape(value: Any, limit: int) -> tuple[list[int], list[Any]]:
@@ -253,22 +272,24 @@ class TensorsCodec:
         return {t.name: row_from_json(t, value[t.name], spec.element_limit) for t in spec.tensors}
 
     def item_type(self, spec: InputSpec) -> Any:
-        fields: dict[str, Any] = {
-            t.name: (
-                Annotated[Any, Field(description=f"{t.describe()}: this input's row (no batch dimension)")],
-                ...,
-            )
-            for t in spec.tensors
+        # a plain object checked by convert(): tensor names need not be Python identifiers
+        schema = {
+            "type": "object",
+            "properties": {
+                t.name: {"description": f"{t.describe()}: this input's row (no batch dimension)"}
+                for t in spec.tensors
+            },
+            "required": [t.name for t in spec.tensors],
+            "additionalProperties": False,
         }
-        item = create_model("TensorsInput", __config__=ConfigDict(extra="forbid"), **fields)
 
-        def arrays(parsed: BaseModel) -> dict[str, np.ndarray[Any, Any]]:
+        def arrays(value: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
             try:
-                return self.convert(spec, dict(parsed))
+                return self.convert(spec, value)
             except CodecError as exc:
                 raise ValueError(exc.message) from None
 
-        return Annotated[item, AfterValidator(arrays)]
+        return Annotated[dict[str, Any], AfterValidator(arrays), WithJsonSchema(schema)]
 
     def grouped_fields(self, spec: InputSpec) -> dict[str, Any]:
         return {}

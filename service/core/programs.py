@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from service.codecs.tensors import TensorSpec
 
@@ -90,15 +93,43 @@ def onnx_graph(data: bytes) -> Any:
         raise ProgramError(f"not an ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not model.graph.node and not model.graph.output:
         raise ProgramError("not an ONNX model (no graph)")
-    domains = {opset.domain for opset in model.opset_import} | {node.domain for node in model.graph.node}
+    domains = {opset.domain for opset in model.opset_import}
+    external = False
+    for node_domain, tensor in _everything(model):
+        if node_domain is not None:
+            domains.add(node_domain)
+        elif tensor.data_location == onnx.TensorProto.EXTERNAL:
+            external = True
     custom = sorted(domains - ONNX_DOMAINS)
     if custom:
         raise ProgramError(
             f"its graph uses operators of domain {custom[0]!r}: custom-op libraries are not loaded"
         )
-    if any(initializer.data_location == onnx.TensorProto.EXTERNAL for initializer in model.graph.initializer):
+    if external:
         raise ProgramError("its weights are in external data files; save the model as one file")
     return model
+
+
+def _everything(model: Any) -> Iterator[tuple[str | None, Any]]:
+    """Every node's domain (with None for the tensor) and every tensor (with None for the
+    domain) of an ONNX model: its graph, its functions, and the subgraphs and tensors inside
+    their nodes' attributes (an If's branches, a Constant's value)."""
+    # (initializers, nodes) of each graph or function still to walk
+    pending: list[tuple[list[Any], list[Any]]] = [(list(model.graph.initializer), list(model.graph.node))]
+    for function in model.functions:
+        yield function.domain, None
+        pending.append(([], list(function.node)))
+    while pending:
+        initializers, nodes = pending.pop()
+        for tensor in initializers:
+            yield None, tensor
+        for node in nodes:
+            yield node.domain, None
+            for attribute in node.attribute:
+                graphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+                pending.extend((list(graph.initializer), list(graph.node)) for graph in graphs)
+                for tensor in ([attribute.t] if attribute.HasField("t") else []) + list(attribute.tensors):
+                    yield None, tensor
 
 
 def onnx_signature(model: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -130,8 +161,10 @@ def _tensor(name: str, datatype: str, dims: list[int]) -> TensorSpec:
         )
     try:
         return TensorSpec.model_validate({"name": name, "datatype": datatype, "shape": dims})
-    except ValueError as exc:
-        raise ProgramError(f"tensor {name!r}: {str(exc).splitlines()[-1][:200]}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise ProgramError(f"tensor {name[:128]!r}: {where}: {first['msg']}") from None
 
 
 def load_exported(data: bytes) -> Any:

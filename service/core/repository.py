@@ -230,7 +230,11 @@ class ModelSpec(BaseModel):
     def _program_tensors(cls, raw: Any) -> Any:
         """A program's inputs and outputs are its tensors, read from it: both may be left out."""
         if isinstance(raw, dict) and raw.get("runtime") in PROGRAM_RUNTIMES:
-            raw = {"inputs": {"kind": "tensors"}, "outputs": {"kind": "tensors"}, **raw}
+            raw = dict(raw)
+            for side in ("inputs", "outputs"):
+                declared = raw.get(side) or {}
+                if isinstance(declared, dict):  # limits alone (max_items, ...) keep kind tensors
+                    raw[side] = {"kind": "tensors", **declared}
         return raw
 
     @model_validator(mode="after")
@@ -519,6 +523,7 @@ class ModelRepository:
     def __init__(self, root: Path = DEFAULT_REPOSITORY) -> None:
         self.root = Path(root)
         self._entries = self._discover()
+        self._resolved: set[str] = set()  # programs whose tensors were read
 
     def _discover(self) -> dict[str, ModelEntry]:
         if not self.root.is_dir():
@@ -539,7 +544,7 @@ class ModelRepository:
                 )
             if spec.runtime == "python" and not (folder / "model.py").is_file():
                 raise ModelError(f"{folder}: has model.yaml but no model.py")
-            entries[spec.name] = with_program_tensors(ModelEntry(spec=spec, folder=folder))
+            entries[spec.name] = ModelEntry(spec=spec, folder=folder)  # a program's tensors: read by get()
         return entries
 
     def add_folder(
@@ -617,6 +622,7 @@ class ModelRepository:
             raise ModelError(f"model {name!r} from {path}: {' '.join(first[:3])}") from None
         entry = with_program_tensors(ModelEntry(spec=spec, folder=path.parent))
         self._entries[name] = entry
+        self._resolved.add(name)
         return entry
 
     def names(self) -> list[str]:
@@ -625,9 +631,20 @@ class ModelRepository:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def get(self, name: str) -> ModelEntry:
+    def declared(self, name: str) -> ModelSpec:
+        """Model ``name``'s declaration as its ``model.yaml`` says (a program's tensors not read)."""
         try:
-            return self._entries[name]
+            return self._entries[name].spec
         except KeyError:
             known = ", ".join(self._entries) or "none"
             raise ModelError(f"unknown model {name!r} (the repository at {self.root} has: {known})") from None
+
+    def get(self, name: str) -> ModelEntry:
+        """Model ``name``, ready to load: a program's tensors are read from it (its checksum
+        checked) the first time it is asked for, so one broken program fails only its own use."""
+        self.declared(name)
+        entry = self._entries[name]
+        if entry.spec.runtime in PROGRAM_RUNTIMES and name not in self._resolved:
+            entry = self._entries[name] = with_program_tensors(entry)
+            self._resolved.add(name)
+        return entry

@@ -43,7 +43,8 @@ def preflight(settings: Settings) -> ModelRepository:
         entry = repository.add_folder(name, folder, settings.folder_tasks.get(name), pinned)
         if pinned is None:
             logger.info(
-                "model %s: serving %s (%s); sha256 of its files' manifest %s: pin it with --sha256 %s=%s",
+                "model %s: serving %s (%s); its sha256 (of the file, or of a folder's manifest) %s: "
+                "pin it with --sha256 %s=%s",
                 name,
                 entry.folder,
                 entry.spec.task,

@@ -10,6 +10,7 @@ hands each input back its own rows of every output, in the declared datatype.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -61,6 +62,17 @@ def checked(spec: TensorSpec, value: Any, rows: int | None, model: str) -> np.nd
     return array
 
 
+def caused_by_values(exc: Exception) -> bool:
+    """Whether a program's failure on inputs that fit its signature is their values' doing: ONNX
+    Runtime's INVALID_ARGUMENT, torch's index, value and runtime errors; not memory running out
+    nor ONNX Runtime's own failures (FAIL, RUNTIME_EXCEPTION, ...)."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return False
+    if type(exc).__module__.startswith("onnxruntime"):
+        return type(exc).__name__ == "InvalidArgument"
+    return isinstance(exc, IndexError | ValueError | RuntimeError)
+
+
 class ProgramModel:
     """A program (a callable from whole input tensors to whole output tensors) as a :class:`Model`.
     A context manager: leaving it releases the program (an ONNX Runtime session's memory)."""
@@ -88,6 +100,8 @@ class ProgramModel:
             try:
                 outputs = self.run(batch)
             except Exception as exc:
+                if not caused_by_values(exc):
+                    raise  # the machine's or the program's own failure: a 500, not the client's
                 # the inputs fit the program's signature, so their values broke it (an index out of
                 # an embedding's range, ...): a 422 for the input that fails alone, the others answered
                 reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -172,6 +186,17 @@ class CheckedTensors:
 
     def __getattr__(self, name: str) -> Any:  # costs, backends, ... of the wrapped model
         return getattr(self.model, name)
+
+    def __enter__(self) -> CheckedTensors:
+        if isinstance(self.model, AbstractContextManager):  # a model that owns resources
+            self.model.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(self.model, AbstractContextManager):
+            self.model.__exit__(exc_type, exc, tb)
 
     def preprocess(self, inputs: Sequence[Any]) -> Any:
         return self.model.preprocess(inputs)

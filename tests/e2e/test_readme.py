@@ -53,6 +53,17 @@ def run_python(code: str, port: int) -> None:
     exec(compile(on_port(code, port), str(README), "exec"), {"__name__": "__readme__"})
 
 
+def printed_by(code: str, port: int) -> str:
+    """What a Python snippet prints."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_python(code, port)
+    return out.getvalue()
+
+
 def run(lang: str, code: str, port: int) -> None:
     if lang == "sh":
         run_shell(code, port)
@@ -176,7 +187,9 @@ def test_the_image_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ]
         assert [line["id"] for line in lines] == [f"{i}.img" for i in range(4)]
         monkeypatch.chdir(tmp_path)
-        run_python(client[1], server.port)
+        printed = printed_by(client[1], server.port)
+        # [[b'2.318000:3:cat' ...]]: three classes, each logit:index:label (Triton's format)
+        assert len(re.findall(r"b'-?\d+\.\d{6}:\d+:[a-z]+'", printed)) == 3, printed
 
 
 def test_the_named_tensor_snippets_run(tmp_path: Path) -> None:
@@ -209,4 +222,4 @@ def test_the_named_tensor_snippets_run(tmp_path: Path) -> None:
         assert [t["name"] for t in metadata["inputs"]] == ["tokens", "weights"]
         assert [o["count"] for o in answer["outputs"]] == [2, 1]
         ((_, client),) = snippets("tensors-client")
-        run_python(client, server.port)
+        assert printed_by(client, server.port).strip() == "(2, 4) [2 3]"  # as the snippet's comment says

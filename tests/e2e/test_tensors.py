@@ -165,9 +165,15 @@ HOSTILE: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "must be FP32",
     ),
-    "wrong shape": (SCORER_V2, v2(features_tensor([1, 9], data=[0.5] * 9), GOOD_MASK), 400, "features"),
+    "wrong shape": (SCORER_V2, v2(features_tensor([1, 9], data=[0.5] * 9), GOOD_MASK), 400, "does not match"),
     "negative shape": (SCORER_V2, v2(features_tensor([-1, 8]), GOOD_MASK), 400, "negative"),
-    "huge shape": (SCORER_V2, v2(features_tensor([10**9, 8]), GOOD_MASK), 413, "features"),
+    "huge shape": (
+        SCORER_V2,
+        v2(features_tensor([10**9, 8]), GOOD_MASK),
+        413,
+        "'features': 1000000000 inputs",
+    ),
+    "huge row": (SCORER_V2, v2(features_tensor([1, 10**8]), GOOD_MASK), 413, "far past"),
     "too many inputs": (
         SCORER_V2,
         v2(features_tensor([2000, 8], data=[0.5] * 16000), mask_tensor([2000, 8], [True] * 16000)),
@@ -181,7 +187,12 @@ HOSTILE: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "true or false",
     ),
-    "too few values": (SCORER_V2, v2(features_tensor(data=[0.5] * 7), GOOD_MASK), 400, "7 elements"),
+    "too few values": (
+        SCORER_V2,
+        v2(features_tensor(data=[0.5] * 7), GOOD_MASK),
+        400,
+        "'features': 'data' holds 7",
+    ),
     "missing tensor": (SCORER_V2, v2(features_tensor()), 400, "'mask' is missing"),
     "unknown tensor": (
         SCORER_V2,

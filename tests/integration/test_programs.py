@@ -25,7 +25,7 @@ def repository_with(tmp_path: Path, name: str, runtime: str, make: Any, suffix: 
     digest = make(folder / f"pooler{suffix}")
     (folder / "model.yaml").write_text(
         f"name: {name}\nversion: '1'\ntask: tensors\nruntime: {runtime}\n"
-        f"weights: {{path: pooler{suffix}, sha256: '{digest}'}}\ninputs: {{kind: tensors, max_items: 8}}\n"
+        f"weights: {{path: pooler{suffix}, sha256: '{digest}'}}\ninputs: {{max_items: 8}}\n"
     )
     return ModelRepository(tmp_path).get(name)
 

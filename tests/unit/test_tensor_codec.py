@@ -241,7 +241,117 @@ def test_a_program_in_a_repository_folder_has_its_tensors_read_and_its_checksum_
     spec = ModelRepository(tmp_path).get("relu").spec
     assert [t.name for t in spec.inputs.tensors] == ["x"] and spec.outputs.tensors[0].datatype == "FP32"
     (folder / "model.yaml").write_text(declaration.replace(digest, SHA))
+    repository = ModelRepository(tmp_path)  # a broken program fails its own use, not the repository's
+    assert repository.declared("relu").runtime == "onnx"
     with pytest.raises(ModelError, match="relu.*checksum mismatch"):
-        ModelRepository(tmp_path)
+        repository.get("relu")
     with pytest.raises(ProgramError, match="missing"):
         verified_bytes(folder / "gone.onnx", SHA)
+
+
+@pytest.mark.parametrize("datatype", sorted(DATATYPES))
+def test_every_datatype_reads_binary_exactly_and_answers_it_back(datatype: str) -> None:
+    tensors = [{"name": "x", "datatype": datatype, "shape": [-1, 2]}]
+    spec = model(
+        inputs={"kind": "tensors", "tensors": tensors}, outputs={"kind": "tensors", "tensors": tensors}
+    )
+    values = [[True, False], [False, True]] if datatype == "BOOL" else [[1, -2], [3, 4]]
+    if datatype == "UINT8":
+        values = [[1, 255], [0, 4]]
+    sent = np.array(values, dtype=DATATYPES[datatype])
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": datatype,
+                    "shape": [2, 2],
+                    "parameters": {"binary_data_size": sent.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    parsed = parse_infer_request(spec, header + sent.tobytes(), str(len(header)))
+    rows = parsed.inputs
+    assert [row["x"].dtype for row in rows] == [sent.dtype] * 2
+    np.testing.assert_array_equal(np.stack([row["x"] for row in rows]), sent)
+    body, headers = encode_infer_response(spec, parsed, rows)
+    length = int(headers["Inference-Header-Content-Length"])
+    (tensor,) = orjson.loads(body[:length])["outputs"]
+    assert tensor == {
+        "name": "x",
+        "datatype": datatype,
+        "shape": [2, 2],
+        "parameters": {"binary_data_size": sent.nbytes},
+    }
+    assert body[length:] == sent.tobytes()
+    if datatype in ("FP32", "FP16", "BF16", "FP64"):
+        bad = sent.copy()
+        bad[0, 0] = np.inf
+        with pytest.raises(TensorError, match="finite"):
+            parse_infer_request(spec, header + bad.tobytes(), str(len(header)))
+
+
+def test_bf16_from_json_rounds_to_nearest_once() -> None:
+    spec = TensorSpec(name="h", datatype="BF16", shape=(-1, 3))
+    # just above a halfway point: float32 would land on the halfway point, then tie to even (1.0)
+    got = row_from_json(spec, [1 + 2**-8 + 2**-30, 1 + 2**-8, -(1 + 2**-8 + 2**-30)], 64)
+    assert got.astype(np.float64).tolist() == [1.0078125, 1.0, -1.0078125]
+
+
+def test_tensor_names_as_exporters_write_them_work_on_every_route() -> None:
+    names = ["input:0", "onnx::Gemm_0", "_x", "model_config", "0"]
+    spec = InputSpec(
+        kind="tensors", tensors=tuple(TensorSpec(name=n, datatype="INT8", shape=(-1,)) for n in names)
+    )
+    value = TypeAdapter(TENSORS.item_type(spec)).validate_python(dict.fromkeys(names, 1))
+    assert sorted(value) == sorted(names) and all(array.tolist() == 1 for array in value.values())
+
+
+def test_v2_cannot_stack_outputs_of_different_shapes_and_says_so() -> None:
+    spec = model(
+        outputs={"kind": "tensors", "tensors": [{"name": "o", "datatype": "INT64", "shape": [-1, -1]}]}
+    )
+    body = v2_body(
+        {"name": "ids", "datatype": "INT64", "shape": [2, 1], "data": [1, 2]},
+        {"name": "mask", "datatype": "BOOL", "shape": [2, 3], "data": [True] * 6},
+    )
+    parsed = parse_infer_request(spec, body, None)
+    with pytest.raises(TensorError, match="output 'o': .*different shapes") as refused:
+        encode_infer_response(spec, parsed, [{"o": np.array([1, 2])}, {"o": np.array([1])}])
+    assert refused.value.status == 422
+
+
+def test_custom_ops_and_external_data_are_found_inside_subgraphs_and_functions(tmp_path: Path) -> None:
+    branch = helper.make_graph(
+        [helper.make_node("Mystery", ["x"], ["z"], domain="my.ops")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 3])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
+        "g",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    nested = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ProgramError, match="domain 'my.ops'"):
+        signature("onnx", nested.SerializeToString())
+    value = helper.make_tensor("v", TensorProto.FLOAT, [3], np.ones(3, np.float32).tobytes(), raw=True)
+    value.data_location = TensorProto.EXTERNAL
+    constant = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value=value)],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    with pytest.raises(ProgramError, match="external data"):
+        signature(
+            "onnx",
+            helper.make_model(constant, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        )
