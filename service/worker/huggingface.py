@@ -273,8 +273,13 @@ def load_classifier(spec: ModelSpec, folder: Path, device: str) -> TextClassifie
 class ImageClassifier:
     """A ``*ForImageClassification`` with the folder's image processor: each input's encoded
     image decoded (an undecodable one is that input's 422 alone), resized and normalised as the
-    processor says; its logits per input, in label order. Every image costs the batcher 1 (the
-    processor makes every image the same size). Runs on torch."""
+    processor says; its logits per input, in label order. Runs on torch.
+
+    When the processor makes every image the same size (a fixed size or a crop, as ViT's and
+    most classifiers' do) every image costs the batcher 1. When it keeps the aspect ratio (a
+    shortest edge and no crop), an image costs its pixels after the resize, read from its header,
+    so the batcher orders inputs by size; images of different sizes then run as one forward per
+    size (they cannot share a tensor)."""
 
     def __init__(self, processor: Any, module: torch.nn.Module, device: str, spec: ModelSpec) -> None:
         self.processor = processor
@@ -284,8 +289,32 @@ class ImageClassifier:
 
         self.max_bytes, self.max_pixels = limits(spec.inputs)
         self.backends = {"lone": "torch", "batch": "torch"}
+        if not fixed_size(processor):
+            self.costs = self.resized_pixels
 
-    def preprocess(self, inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def resized_pixels(self, inputs: Sequence[Any]) -> list[int]:
+        """Each image's pixels after the processor's resize, from its header (1 when unreadable:
+        the worker refuses it when it decodes)."""
+        import numpy as np
+
+        from service.codecs import CodecError
+        from service.codecs.image import image_bytes, probe
+
+        size = getattr(self.processor, "size", None)
+        costs = []
+        for value in inputs:
+            try:
+                if isinstance(value, np.ndarray):
+                    height, width = int(value.shape[0]), int(value.shape[1])
+                else:
+                    _, width, height = probe(image_bytes(value, self.max_bytes), self.max_pixels)
+            except CodecError:
+                costs.append(1)
+                continue
+            costs.append(max(1, resized_area(width, height, size)))
+        return costs
+
+    def preprocess(self, inputs: Sequence[Any]) -> list[tuple[list[int], torch.Tensor]]:
         import numpy as np
         from PIL import Image
 
@@ -295,7 +324,7 @@ class ImageClassifier:
 
         # one image at a time: decoded, processed to the model's size, dropped before the next is
         # decoded (16 decoded 1920 x 1080 photos at once grew a worker's RSS by 294 MB)
-        rows = []
+        groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for index, value in enumerate(inputs):
             if isinstance(value, np.ndarray):  # v2 UINT8 [height, width, 3]: pixels already
                 image = Image.fromarray(value, "RGB")
@@ -306,16 +335,54 @@ class ImageClassifier:
                     raise InputRejected(exc.message, index=index) from None
                 except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError...
                     raise InputRejected(f"the image cannot be decoded: {exc}", index=index) from None
-            rows.append(self.processor(images=image, return_tensors="pt")["pixel_values"])
+            pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+            groups.setdefault(tuple(pixels.shape), []).append((index, pixels))
             del image
-        return {"pixel_values": torch.cat(rows).to(self.device)}
+        return [
+            ([index for index, _ in rows], torch.cat([pixels for _, pixels in rows]).to(self.device))
+            for rows in groups.values()
+        ]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits: torch.Tensor = self.module(**batch)[0]
-        return logits
+    def forward(self, groups: list[tuple[list[int], torch.Tensor]]) -> list[tuple[list[int], torch.Tensor]]:
+        return [(indices, self.module(pixel_values=pixels)[0]) for indices, pixels in groups]
 
-    def postprocess(self, output: torch.Tensor) -> list[list[float]]:
-        return rows_of(output)
+    def postprocess(self, output: list[tuple[list[int], torch.Tensor]]) -> list[list[float]]:
+        rows: list[list[float]] = [[] for _ in range(sum(len(indices) for indices, _ in output))]
+        for indices, logits in output:
+            for index, row in zip(indices, rows_of(logits), strict=True):
+                rows[index] = row
+        return rows
+
+
+def fixed_size(processor: Any) -> bool:
+    """Whether the processor makes images of any shape the same size (probed with two blank
+    images, one wide and one tall)."""
+    from PIL import Image
+
+    shapes = {
+        tuple(processor(images=Image.new("RGB", size), return_tensors="pt")["pixel_values"].shape)
+        for size in ((96, 48), (48, 96))
+    }
+    return len(shapes) == 1
+
+
+def resized_area(width: int, height: int, size: Any) -> int:
+    """Pixels of a ``width`` x ``height`` image after a processor's aspect-keeping resize (its
+    ``size``: a shortest edge, capped by a longest edge when given, or a longest edge alone)."""
+    shortest = getattr(size, "shortest_edge", None) or (
+        size.get("shortest_edge") if isinstance(size, dict) else None
+    )
+    longest = getattr(size, "longest_edge", None) or (
+        size.get("longest_edge") if isinstance(size, dict) else None
+    )
+    short, long = min(width, height), max(width, height)
+    if shortest:
+        short, long = shortest, shortest * long / short
+        if longest and long > longest:
+            short, long = short * longest / long, longest
+    elif longest:
+        short, long = short * longest / long, longest
+    return int(round(short) * round(long))
 
 
 def load_image_classifier(spec: ModelSpec, folder: Path, device: str) -> ImageClassifier:

@@ -391,3 +391,36 @@ def test_hostile_images_leave_every_process_rss_flat(server: ServerProcess) -> N
     for pid, size in before.items():
         assert after.get(pid, 0) <= size * 1.05 + 8_000_000, (pid, size, after.get(pid))
     assert server.client.get("/health/ready").status_code == 200
+
+
+def test_a_folder_whose_processor_keeps_the_aspect_ratio_serves_images_of_every_size(tmp_path: Path) -> None:
+    """A ResNet folder resizing to a shortest edge without a crop: concurrent clients' images of
+    three sizes share the worker's batches, each answer equal to transformers on that image alone."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from tests.integration.test_image_sizes import png, resnet_folder
+
+    folder = resnet_folder(tmp_path / "resnet")
+    processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    reference = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True).eval()
+    images = [png(*size, seed) for seed, size in enumerate([(64, 32), (32, 64), (40, 40)] * 4)]
+    with ServerProcess(args=["--model", f"resnet={folder}"]) as process:
+
+        def one(data: bytes) -> list[float]:
+            reply = process.client.post(
+                "/v1/models/resnet/predict?raw_scores=true",
+                content=data,
+                headers={"content-type": "image/png"},
+            )
+            assert reply.status_code == 200, reply.text
+            scores = {item["label"]: item["score"] for item in reply.json()["outputs"][0]}
+            return [scores[label] for label in ("a", "b", "c")]
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(one, images))
+    for data, got in zip(images, answers, strict=True):
+        with torch.no_grad():
+            want = reference(
+                **processor(images=Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="pt")
+            )
+        np.testing.assert_allclose(got, want.logits[0].numpy(), rtol=0, atol=1e-4)
