@@ -5,7 +5,10 @@ extension): ``Inference-Header-Content-Length`` gives the JSON length, each bina
 ``binary_data_size``, and the tensors follow the JSON in input order, little-endian, row-major,
 ``BYTES`` elements as a 4-byte little-endian length then the bytes.
 
-Our models take one input tensor and give one output tensor, named in ``model.yaml``:
+A model of named ``tensors`` (service.codecs.tensors) takes each declared input tensor in exactly
+its datatype, batch first (binary inputs follow the JSON in input order), and answers each output
+tensor in its own datatype. Every other model takes one input tensor and gives one output tensor,
+named in ``model.yaml``:
 - a text model takes ``BYTES`` of shape ``[N]`` or ``[N, 1]`` (UTF-8 strings);
 - a vector model takes ``FP32`` of shape ``[N, dim]``;
 - both answer ``FP32`` of shape ``[N, size]``; with the classification extension (an output's
