@@ -30,7 +30,7 @@ longer than ``max_length``, a shape past any limit), 400 for everything else.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ import orjson
 
 from service.codecs import CodecError
 from service.codecs.tensors import TensorSpec, from_elements, shape_error, split_rows, to_json
-from service.core.repository import ModelSpec
+from service.core.repository import InputSpec, ModelSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
@@ -313,32 +313,14 @@ def _named_tensors(spec: ModelSpec, raw_inputs: list[Any], binary: bytes, has_he
 
 
 def _tensor_shape(spec: ModelSpec, wanted: TensorSpec, shape: Any) -> tuple[int, ...]:
-    limits = spec.inputs
-    if isinstance(shape, list) and any(isinstance(d, float) and abs(d) >= 2**63 for d in shape):
-        raise TensorError(
-            413, f"input {wanted.name!r}: shape has a dimension past 2**63, far past the model's limits"
-        )
-    if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
-        raise TensorError(400, f"input {wanted.name!r}: 'shape' must be a list of integers")
-    if any(d < 0 for d in shape):
-        raise TensorError(400, f"input {wanted.name!r}: shape {shape[:4]} has a negative dimension")
-    mismatch = shape_error(wanted, shape, limits.element_limit, batch=True) if shape else None
-    if not shape:
-        mismatch = CodecError(f"input {wanted.name!r}: shape [] has no batch dimension")
-    if mismatch is not None:
-        raise TensorError(413 if mismatch.too_large else 400, mismatch.message)
-    items = shape[0]
-    if items > limits.max_items:
-        raise TensorError(
-            413,
-            f"input {wanted.name!r}: {items} inputs in one request; the model takes at most {limits.max_items}",
-        )
-    if items < limits.min_items:
-        raise TensorError(
-            400,
-            f"input {wanted.name!r}: {items} inputs in one request; the model needs at least {limits.min_items}",
-        )
-    return tuple(shape)
+    """A named tensor's shape, checked against its declaration and the model's limits."""
+
+    def mismatch(dims: list[int]) -> CodecError | None:
+        if not dims:
+            return CodecError(f"input {wanted.name!r}: shape [] has no batch dimension")
+        return shape_error(wanted, dims, spec.inputs.element_limit, batch=True)
+
+    return tuple(_checked_shape(spec.inputs, shape, mismatch, f"input {wanted.name!r}: "))
 
 
 def _typed_array(
@@ -398,22 +380,36 @@ class _Elements:
 def _check_shape(spec: ModelSpec, shape: Any) -> tuple[int, int]:
     """Validate the shape against the model's declaration; return (element count, item count)."""
     limits = spec.inputs
+    dims = _checked_shape(limits, shape, lambda dims: limits.codec.v2_shape_error(limits, dims))
+    return math.prod(dims), dims[0]
+
+
+def _checked_shape(
+    limits: InputSpec, shape: Any, mismatch: Callable[[list[int]], CodecError | None], where: str = ""
+) -> list[int]:
+    """``shape`` as a list of non-negative integers that ``mismatch`` finds no fault with (the
+    kind's or the named tensor's check), its first dimension within the model's ``min_items`` ..
+    ``max_items``; ``where`` prefixes the messages (a named tensor's ``input 'x': ``)."""
     if isinstance(shape, list) and any(isinstance(d, float) and abs(d) >= 2**63 for d in shape):
         # the JSON parser reads integers past 64 bits as floats: such a shape is past every limit
-        raise TensorError(413, "shape has a dimension past 2**63, far past the model's limits")
+        raise TensorError(413, f"{where}shape has a dimension past 2**63, far past the model's limits")
     if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
-        raise TensorError(400, "'shape' must be a list of integers")
+        raise TensorError(400, f"{where}'shape' must be a list of integers")
     if any(d < 0 for d in shape):
-        raise TensorError(400, f"shape {shape[:4]} has a negative dimension")
-    mismatch = limits.codec.v2_shape_error(limits, shape)
-    if mismatch is not None:
-        raise TensorError(413 if mismatch.too_large else 400, mismatch.message)
+        raise TensorError(400, f"{where}shape {shape[:4]} has a negative dimension")
+    problem = mismatch(shape)
+    if problem is not None:
+        raise TensorError(413 if problem.too_large else 400, problem.message)
     items = shape[0]
     if items > limits.max_items:
-        raise TensorError(413, f"{items} inputs in one request; the model takes at most {limits.max_items}")
+        raise TensorError(
+            413, f"{where}{items} inputs in one request; the model takes at most {limits.max_items}"
+        )
     if items < limits.min_items:
-        raise TensorError(400, f"{items} inputs in one request; the model needs at least {limits.min_items}")
-    return math.prod(shape), items
+        raise TensorError(
+            400, f"{where}{items} inputs in one request; the model needs at least {limits.min_items}"
+        )
+    return shape
 
 
 def _binary_strings(data: bytes, count: int) -> list[bytes]:
