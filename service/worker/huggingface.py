@@ -25,6 +25,7 @@ import torch
 
 from service.core.repository import ModelError, ModelSpec, classifier_labels, read_json, refuse_remote_code
 from service.worker.backends import FEATURES, Backend, TorchBackend
+from service.worker.programs import in_input_order
 from service.worker.tuning import LONE_ROWS
 
 POOLING_MODES = ("mean", "cls", "max")
@@ -347,11 +348,7 @@ class ImageClassifier:
         return [(indices, self.module(pixel_values=pixels)[0]) for indices, pixels in groups]
 
     def postprocess(self, output: list[tuple[list[int], torch.Tensor]]) -> list[list[float]]:
-        rows: list[list[float]] = [[] for _ in range(sum(len(indices) for indices, _ in output))]
-        for indices, logits in output:
-            for index, row in zip(indices, rows_of(logits), strict=True):
-                rows[index] = row
-        return rows
+        return in_input_order((indices, rows_of(logits)) for indices, logits in output)
 
 
 def fixed_size(processor: Any) -> bool:

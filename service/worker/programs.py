@@ -9,10 +9,10 @@ hands each input back its own rows of every output, in the declared datatype.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -23,6 +23,7 @@ from service.core.programs import load_exported
 from service.core.rejection import InputRejected
 from service.core.repository import Model, ModelSpec
 
+T = TypeVar("T")
 Arrays = dict[str, np.ndarray[Any, Any]]
 Group = tuple[list[int], Arrays]
 
@@ -60,6 +61,15 @@ def checked(spec: TensorSpec, value: Any, rows: int | None, model: str) -> np.nd
             f"model {model}: output {spec.name!r} has shape {list(array.shape)}; expected {list(expected)}"
         )
     return array
+
+
+def in_input_order(groups: Iterable[tuple[list[int], Sequence[T]]]) -> list[T]:
+    """The outputs of a forward run as one call per group of inputs (their ``indices``, one output
+    each), back in the inputs' order."""
+    placed: dict[int, T] = {}
+    for indices, outputs in groups:
+        placed.update(zip(indices, outputs, strict=True))
+    return [placed[index] for index in range(len(placed))]
 
 
 def caused_by_values(exc: Exception) -> bool:
@@ -114,12 +124,16 @@ class ProgramModel:
         return results
 
     def postprocess(self, results: list[Group]) -> list[Arrays]:
-        count = sum(len(indices) for indices, _ in results)
-        rows: list[Arrays] = [{} for _ in range(count)]
-        for indices, arrays in results:
-            for position, index in enumerate(indices):
-                rows[index] = {name: array[position] for name, array in arrays.items()}
-        return rows
+        return in_input_order(
+            (
+                indices,
+                [
+                    {name: array[position] for name, array in arrays.items()}
+                    for position in range(len(indices))
+                ],
+            )
+            for indices, arrays in results
+        )
 
     def close(self) -> None:
         self.run = None
