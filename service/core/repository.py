@@ -390,14 +390,15 @@ class ModelEntry:
         return model
 
 
-def with_program_tensors(entry: ModelEntry) -> ModelEntry:
-    """A program's entry with its tensors read from the program (its checksum checked first);
-    others as they are. ModelError naming the model when the program cannot be served."""
+def with_program_tensors(entry: ModelEntry, data: bytes | None = None) -> ModelEntry:
+    """A program's entry with its tensors read from the program (its checksum checked first,
+    unless ``data`` are its bytes, just read and hashed); others as they are. ModelError naming
+    the model when the program cannot be served."""
     spec = entry.spec
     if spec.runtime not in PROGRAM_RUNTIMES:
         return entry
     try:
-        inputs, outputs = signature(spec.runtime, entry.program_bytes())
+        inputs, outputs = signature(spec.runtime, entry.program_bytes() if data is None else data)
         inputs = merge_declared(spec.inputs.tensors, inputs, "input")
         outputs = merge_declared(spec.outputs.tensors, outputs, "output")
     except ProgramError as exc:
@@ -597,13 +598,16 @@ class ModelRepository:
         """Serve a ``.onnx`` file or a ``.pt2`` program as model ``name``, its tensors read from it.
         A ``.pt2`` is code: it needs its ``sha256`` pinned. A ``.onnx`` without one is hashed now."""
         runtime = RUNTIMES[path.suffix]
+        data = None
         if sha256 is None:
             if runtime == "torch-export":
                 raise ModelError(
                     f"model {name!r}: {path} is a torch.export program, which is code: pin its checksum "
                     f"with --sha256 {name}=HEX (sha256sum {path.name}) to serve it"
                 )
-            sha256 = sha256_file(path)
+            with open(path, "rb") as handle:  # read once: hashed here, its tensors read from the same bytes
+                data = handle.read()
+            sha256 = hashlib.sha256(data).hexdigest()
         try:
             spec = ModelSpec(
                 name=name,
@@ -620,7 +624,7 @@ class ModelRepository:
         except ValidationError as exc:
             first = str(exc).splitlines()
             raise ModelError(f"model {name!r} from {path}: {' '.join(first[:3])}") from None
-        entry = with_program_tensors(ModelEntry(spec=spec, folder=path.parent))
+        entry = with_program_tensors(ModelEntry(spec=spec, folder=path.parent), data)
         self._entries[name] = entry
         self._resolved.add(name)
         return entry

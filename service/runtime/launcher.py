@@ -21,7 +21,7 @@ from service import metrics
 from service.api.app import register
 from service.api.native import request_model_for
 from service.api.state import ModelRoute, ServiceState
-from service.core.repository import ModelEntry, ModelRepository
+from service.core.repository import PROGRAM_RUNTIMES, ModelEntry, ModelRepository
 from service.core.scratch import owned_folder
 from service.core.spool import clean_spool_dir, default_spool_dir
 from service.runtime.litserve import LitServer, LitServeRuntime, create_server, internal_path
@@ -55,8 +55,9 @@ def preflight(settings: Settings) -> ModelRepository:
     # a folder whose digest was just computed need not be hashed again (its workers verify it)
     hashed = {name for name in settings.folders if name not in settings.folder_sha256}
     for name in settings.serve:
-        if name not in hashed:
-            repository.get(name).verified_weights()
+        entry = repository.get(name)  # a program's checksum is checked here, as its tensors are read
+        if name not in hashed and entry.spec.runtime not in PROGRAM_RUNTIMES:
+            entry.verified_weights()
     return repository
 
 
