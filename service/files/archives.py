@@ -147,6 +147,15 @@ class ArchiveBatches:
     def _too_large(self, size: int) -> str:
         return f"{size} bytes, more than the {self.max_member_bytes} a member may have"
 
+    def _member_problem(self, name: str, kind: str | None, size: int) -> str | None:
+        """Why an archive member is refused from its header, in this order: its name, its
+        ``kind`` when it is not a plain file ("a link", "encrypted", ...), its declared size."""
+        if problem := unsafe_name(name):
+            return problem
+        if kind is not None:
+            return f"member {name[:200]!r} is {kind}"
+        return self._too_large(size) if size > self.max_member_bytes else None
+
     def _tar(self) -> Iterator[tuple[str, bytes | None, str | None, int]]:
         assert self._handle is not None
         from service.files.readers import FormatError
@@ -173,12 +182,10 @@ class ArchiveBatches:
                 position = self._handle.tell()
                 if info.isdir():
                     continue
-                problem = unsafe_name(info.name)
-                if problem is None and not info.isfile():
+                kind = None
+                if not info.isfile():
                     kind = "a link" if info.issym() or info.islnk() else "not a regular file"
-                    problem = f"member {info.name[:200]!r} is {kind}"
-                if problem is None and info.size > self.max_member_bytes:
-                    problem = self._too_large(info.size)
+                problem = self._member_problem(info.name, kind, info.size)
                 if problem is not None:
                     yield info.name, None, problem, position
                     continue
@@ -201,14 +208,10 @@ class ArchiveBatches:
                 if info.is_dir():
                     continue
                 position = info.header_offset + info.compress_size
-                mode = info.external_attr >> 16
-                problem = unsafe_name(info.filename)
-                if problem is None and stat.S_ISLNK(mode):
-                    problem = f"member {info.filename[:200]!r} is a link"
-                if problem is None and info.flag_bits & 0x1:
-                    problem = f"member {info.filename[:200]!r} is encrypted"
-                if problem is None and info.file_size > self.max_member_bytes:
-                    problem = self._too_large(info.file_size)
+                kind = "a link" if stat.S_ISLNK(info.external_attr >> 16) else None
+                if kind is None and info.flag_bits & 0x1:
+                    kind = "encrypted"
+                problem = self._member_problem(info.filename, kind, info.file_size)
                 if problem is not None:
                     yield info.filename, None, problem, position
                     continue
